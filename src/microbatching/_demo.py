@@ -1,0 +1,101 @@
+"""``microbatching demo``: a live run on the in-memory queue, printed batch by batch."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+from ._async import AsyncMicroBatching
+from ._batch import Batch
+from ._job import Job
+from ._retry import RetryPolicy
+
+BATCH_SIZE = 8
+BATCH_INTERVAL = 0.05
+
+
+class FlakyBulkApi:
+    """Stands in for a bulk HTTP API: 20 ms a call, one job that fails once, one that always fails."""
+
+    def __init__(self, flaky_id: int, broken_id: int) -> None:
+        self.flaky_id, self.broken_id = flaky_id, broken_id
+        self.flaked = False
+
+    async def process_batch(self, jobs: list[Job[str]]) -> list[Any]:
+        await asyncio.sleep(0.02)
+        return [self._one(job) for job in jobs]
+
+    def _one(self, job: Job[str]) -> Any:
+        if job.id == self.flaky_id and not self.flaked:
+            self.flaked = True
+            return ConnectionError("503 from the API (transient)")
+        if job.id == self.broken_id:
+            return ValueError("the API rejects this record")
+        return job.data.upper()
+
+
+def run_demo(jobs: int = 60, seed: int = 7) -> int:
+    """Submit ``jobs`` jobs in bursts and trickles, print each batch, then a summary."""
+    return asyncio.run(_demo(jobs, random.Random(seed)))
+
+
+async def _demo(count: int, rng: random.Random) -> int:
+    api = FlakyBulkApi(flaky_id=min(count, 13), broken_id=min(count, 29))
+    retry = RetryPolicy(max_attempts=3, base_delay=0.05, jitter=0.0)
+    mb = AsyncMicroBatching(None, api, batch_size=BATCH_SIZE, batch_interval=BATCH_INTERVAL, retry=retry)
+    print(
+        f"microbatching demo: {count} jobs, batch_size={BATCH_SIZE}, "
+        f"batch_interval={BATCH_INTERVAL * 1000:.0f} ms, retry up to {retry.max_attempts} attempts\n"
+    )
+    _print_batches(mb)
+    mb.on("job_retrying", lambda job, error, delay: print(
+        f"      job {job.id}: {error} -> retry in {delay * 1000:.0f} ms (attempt {job.attempts + 1})"))
+    mb.on("job_failed", lambda job, error: print(f"      job {job.id}: failed for good: {error}"))
+    mb.on("shutdown_started", lambda: print("   -- shutdown: flushing the partial batch, waiting for retries"))
+    started = time.perf_counter()
+    futures = []
+    async with mb:
+        for number in range(1, count + 1):
+            futures.append(mb.submit_job_nowait(Job(number, f"record-{number}")))
+            await asyncio.sleep(_gap(number, rng))
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    _print_summary(mb, outcomes, time.perf_counter() - started)
+    return 0
+
+
+def _gap(number: int, rng: random.Random) -> float:
+    """Bursts (size trigger) alternate with trickles (time trigger)."""
+    return 0.0005 if (number // 16) % 2 == 0 else rng.uniform(0.005, 0.03)
+
+
+def _print_batches(mb: AsyncMicroBatching) -> None:
+    def completed(batch: Batch, results: list[Any]) -> None:
+        assert batch.started_at is not None
+        failed = sum(isinstance(result, Exception) for result in results)
+        waited = (batch.started_at - batch.opened_at) * 1000
+        ran = (time.monotonic() - batch.started_at) * 1000
+        ids = [job.id for job in batch.jobs if job.attempts == 1]
+        again = "".join(f" +{job.id} (attempt {job.attempts})" for job in batch.jobs if job.attempts > 1)
+        span = f"jobs {ids[0]}..{ids[-1]}" if ids else "retries"
+        print(
+            f"batch {batch.id:>3}  {len(batch):>2} jobs  trigger {batch.trigger:<8} "
+            f"first job waited {waited:5.1f} ms  ran {ran:5.1f} ms  "
+            f"ok {len(results) - failed}{f'  failed {failed}' if failed else ''}   {span}{again}"
+        )
+
+    mb.on("batch_completed", completed)
+
+
+def _print_summary(mb: AsyncMicroBatching, outcomes: list[Any], elapsed: float) -> None:
+    stats = mb.stats()
+    triggers = ", ".join(f"{name} {n}" for name, n in stats.batches_by_trigger.items() if n)
+    errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    print(
+        f"\nsummary after graceful shutdown ({elapsed:.2f} s):\n"
+        f"  {stats.submitted} jobs submitted, {stats.completed} completed, {stats.failed} failed, "
+        f"{stats.retried} retries, {stats.pending} pending\n"
+        f"  {stats.batches} batches ({triggers}), mean size {stats.submitted / max(stats.batches, 1):.1f}\n"
+        f"  every handle settled: {len(outcomes) - len(errors)} results, {len(errors)} errors"
+    )

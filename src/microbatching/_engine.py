@@ -1,0 +1,508 @@
+"""The batching engine: one asyncio implementation behind both batchers.
+
+It owns the buffer of ready jobs, the time/size/weight triggers, the concurrency cap,
+the processor call, the mapping of results to jobs, retries and the drain at shutdown.
+It runs on one event loop (the caller's for ``AsyncMicroBatching``, a private thread's
+for ``MicroBatching``); ``accept_threadsafe`` is the only entry point for other threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._batch import Batch, check_results
+from ._events import EventEmitter
+from ._job import Job
+from ._options import Options, resolve_processor
+from ._stats import Stats
+from .errors import BatchTimeoutError, JobCancelledError, JobFailedError, ShutdownError
+
+__all__ = ["Adapter", "Engine"]
+
+logger = logging.getLogger("microbatching")
+
+_ALREADY_SETTLED = (asyncio.InvalidStateError, concurrent.futures.InvalidStateError)
+# Threads beyond max_concurrent_batches, for sync processors that outlived batch_timeout:
+# such a thread cannot be killed, so the pool keeps room for new batches beside it.
+_SPARE_PROCESSOR_THREADS = 4
+
+
+class Adapter:
+    """How jobs reach the engine and leave it, for one kind of queue.
+
+    The default serves the in-memory queue: admitted jobs go straight into the buffer and
+    retried jobs go back into it; there is nothing to acknowledge.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def prepare(self, job: Job[Any]) -> None:
+        """Check (or encode) a job in the submitter's thread, before it is accepted.
+
+        Raising here refuses the submit with that error; nothing has been stored.
+        """
+
+    def admit(self, job: Job[Any]) -> None:
+        """A submitted job enters the queue."""
+        self.engine.accept(job)
+
+    def retry(self, job: Job[Any], delay: float) -> None:
+        """A failed job gets another attempt after ``delay`` seconds.
+
+        The default holds it in memory; a durable queue may instead store the delay and
+        release the job (calling ``engine.release(job)``), so a crash loses nothing.
+        """
+        self.engine.hold_for_retry(job, delay)
+
+    def requeue(self, job: Job[Any]) -> None:
+        """A job whose retry delay has passed goes back through the queue."""
+        self.engine.accept(job)
+
+    def delivered(self, job: Job[Any]) -> Job[Any] | None:
+        """The job this process submitted that ``job`` stands for, or ``None`` if it came from elsewhere."""
+        return job
+
+    def start(self) -> None:
+        """Begin delivering jobs (called once, on the loop thread, by the batcher's start)."""
+
+    def finished(self, job: Job[Any], error: BaseException | None) -> None:
+        """A job reached its final outcome (``error`` is ``None`` on success)."""
+
+    def abandon(self) -> list[Job[Any]]:
+        """Give up on jobs still inside the queue; returns them so their handles fail."""
+        return []
+
+    async def close(self) -> None:
+        """Release the queue's resources at the end of shutdown."""
+
+
+class Engine:
+    """Batches accepted jobs and runs them through the processor."""
+
+    def __init__(self, options: Options, processor: object, emitter: EventEmitter, adapter: Adapter) -> None:
+        self.options = options
+        self._func, self._is_async = resolve_processor(processor)
+        self._emitter = emitter
+        self._adapter = adapter
+        self._batch_size = options.batch_size
+        self._interval = options.batch_interval
+        self._weigh = options.weight if options.max_batch_weight is not None else None
+        self._open = Batch()
+        self._ready: deque[Batch] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._retries: dict[Job[Any], asyncio.TimerHandle] = {}
+        self._inbox: deque[tuple[Callable[[Job[Any]], None] | None, Job[Any]]] = deque()
+        self._inbox_scheduled = False
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._draining = False
+        self._abandoning = False
+        self._closed = False
+        self._idle: asyncio.Future[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self.on_final: Callable[[int], None] | None = None
+        #: Fail jobs with JobFailedError (cause, attempts); the decorator turns it off to
+        #: raise the processor's own error, as a plain function call would.
+        self.wrap_errors = True
+        self.pending = 0
+        self._counts = {"submitted": 0, "completed": 0, "failed": 0, "retried": 0, "cancelled": 0,
+                        "processor_errors": 0}
+        self._triggers = {"size": 0, "time": 0, "weight": 0, "shutdown": 0}
+        self._in_flight = 0
+        adapter.attach(self)
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run on ``loop`` from now on (called once, by the batcher's start)."""
+        self._loop = loop
+        self._now = loop.time
+        self._thread_id = threading.get_ident()
+
+    @property
+    def draining(self) -> bool:
+        """Whether shutdown has begun (queues stop fetching new jobs then)."""
+        return self._draining
+
+    # -- admission -------------------------------------------------------------------------
+
+    def admit(self, job: Job[Any]) -> None:
+        """A newly submitted job: count it, announce it, hand it to the queue (loop thread)."""
+        self.pending += 1
+        self._counts["submitted"] += 1
+        if self._emitter._handlers.get("job_added"):
+            self._emitter.emit("job_added", job)
+        self._adapter.admit(job)
+
+    def admit_threadsafe(self, job: Job[Any]) -> None:
+        """``admit(job)`` from any thread (refused once shutdown has begun)."""
+        self._call_threadsafe(None, job)
+
+    def deliver_threadsafe(self, job: Job[Any]) -> None:
+        """``deliver(job)`` from any thread."""
+        self._call_threadsafe(self.deliver, job)
+
+    def _call_threadsafe(self, action: Callable[[Job[Any]], None] | None, job: Job[Any]) -> None:
+        # Wake-ups are coalesced: one loop callback drains every job queued meanwhile.
+        self._inbox.append((action, job))
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            self._loop.call_soon_threadsafe(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False  # before popping: a later append schedules again
+        inbox = self._inbox
+        for _ in range(len(inbox)):
+            action, job = inbox.popleft()
+            if action is not None:
+                action(job)
+            elif self._draining:
+                self._reject_late(job)
+            else:
+                self.admit(job)
+
+    def deliver(self, job: Job[Any]) -> None:
+        """A job handed back by a user queue's ``process`` callback (loop thread)."""
+        if self._closed:
+            logger.warning("dropping %r: delivered by the queue after shutdown", job)
+            return
+        own = self._adapter.delivered(job)
+        if own is None:  # submitted elsewhere: it becomes pending here
+            self.pending += 1
+            self._counts["submitted"] += 1
+            own = job
+        own._ready_at = self._now()
+        self.accept(own)
+
+    def _reject_late(self, job: Job[Any]) -> None:
+        handle = job._handle
+        if handle is not None and not handle.done():
+            handle.set_exception(ShutdownError("the batcher shut down before this job was accepted"))
+        if self.on_final is not None:
+            self.on_final(1)
+
+    # -- buffering and triggers ------------------------------------------------------------
+
+    def accept(self, job: Job[Any]) -> None:
+        """Put a ready job into the open batch; dispatch on size, weight or at once when draining."""
+        if self._weigh is not None:
+            self._accept_weighed(job)
+            return
+        jobs = self._open.jobs
+        jobs.append(job)
+        if len(jobs) == 1:
+            self._opened(job)
+        if len(jobs) >= self._batch_size:
+            self._close("size")
+
+    def _accept_weighed(self, job: Job[Any]) -> None:
+        try:
+            weight = float(self._weigh(job))  # type: ignore[misc]
+        except Exception as exc:
+            self.fail_for_good(job, exc)
+            return
+        limit = self.options.max_batch_weight
+        assert limit is not None  # for mypy; _weigh is only set with a limit
+        if self._open.jobs and self._open.weight + weight > limit:
+            self._close("weight")
+        batch = self._open
+        batch.jobs.append(job)
+        batch.weight += weight
+        if len(batch.jobs) == 1:
+            self._opened(job)
+        if len(batch.jobs) >= self._batch_size:
+            self._close("size")
+        elif batch.weight >= limit:
+            self._close("weight")
+
+    def _opened(self, job: Job[Any]) -> None:
+        # The time trigger counts from the moment the batch's first job became ready.
+        self._open.opened_at = job._ready_at
+        if self._draining:
+            self._open.due = "shutdown"
+            self._pump()
+        else:
+            self._timer = self._loop.call_at(job._ready_at + self._interval, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._open.due = "time"
+        self._pump()
+
+    def _close(self, trigger: str) -> None:
+        batch = self._open
+        batch.trigger = trigger
+        self._open = Batch()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._ready.append(batch)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Start batches while a slot is free: full ones first, then the open one once due."""
+        while self._running < self.options.max_concurrent_batches:
+            if self._ready:
+                batch = self._ready.popleft()
+            elif self._open.jobs and self._open.due:
+                batch = self._open
+                batch.trigger = batch.due
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                self._open = Batch()
+            else:
+                return
+            self._running += 1
+            self._triggers[batch.trigger] += 1
+            task = self._loop.create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    # -- running a batch -------------------------------------------------------------------
+
+    async def _run(self, batch: Batch) -> None:
+        jobs = self._start_attempts(batch)
+        results: Sequence[Any] = ()
+        error: BaseException | None = None
+        self._in_flight += len(jobs)
+        try:
+            if jobs:
+                results = check_results(await self._call(jobs), len(jobs))
+        except asyncio.CancelledError as exc:
+            error = JobCancelledError("job abandoned at shutdown") if self._abandoning else exc
+        except BaseException as exc:
+            error = exc
+        finally:
+            self._in_flight -= len(jobs)
+            self._running -= 1
+        if error is None:
+            self._settle(batch, jobs, results)
+        else:
+            self._fail_batch(batch, jobs, error)
+        self._pump()
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise error
+
+    def _start_attempts(self, batch: Batch) -> list[Job[Any]]:
+        """Count the attempt of each job; drop the ones whose handle was cancelled meanwhile."""
+        live = []
+        for job in batch.jobs:
+            handle = job._handle
+            if handle is not None and handle.done():
+                self._counts["cancelled"] += 1
+                self._finalize(job, JobCancelledError("job cancelled by its submitter"), 1)
+                continue
+            job.attempts += 1
+            live.append(job)
+        batch.started_at = self._now()
+        if self._emitter._handlers.get("batch_started"):
+            self._emitter.emit("batch_started", batch)
+        return live
+
+    async def _call(self, jobs: list[Job[Any]]) -> object:
+        timeout = self.options.batch_timeout
+        if self._is_async:
+            pending: Any = self._func(list(jobs))
+        else:
+            pending = self._loop.run_in_executor(self._processor_threads(), self._func, list(jobs))
+        if timeout is None:
+            results = await pending
+        else:
+            try:
+                results = await asyncio.wait_for(pending, timeout)
+            except asyncio.TimeoutError:
+                raise BatchTimeoutError(
+                    f"processor ran longer than batch_timeout={timeout}s on a batch of {len(jobs)} jobs"
+                ) from None
+        if inspect.isawaitable(results):  # a plain callable that returned a coroutine
+            results = await results
+        return results
+
+    def _processor_threads(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            workers = self.options.max_concurrent_batches + _SPARE_PROCESSOR_THREADS
+            self._executor = concurrent.futures.ThreadPoolExecutor(workers, "microbatching-processor")
+        return self._executor
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def _settle(self, batch: Batch, jobs: list[Job[Any]], results: Sequence[Any]) -> None:
+        failed: list[tuple[Job[Any], Exception]] = []
+        announce = self._emitter._handlers.get("job_completed")
+        for job, result in zip(jobs, results):
+            if isinstance(result, Exception):
+                failed.append((job, result))
+                continue
+            handle = job._handle
+            if handle is not None:
+                try:
+                    handle.set_result(result)
+                except _ALREADY_SETTLED:
+                    pass
+            if announce:
+                self._emitter.emit("job_completed", job, result)
+        if self._emitter._handlers.get("batch_completed"):
+            self._emitter.emit("batch_completed", batch, results)
+        for job, exc in failed:
+            self._fail_job(job, exc)
+        done = len(jobs) - len(failed)
+        self._counts["completed"] += done
+        if type(self._adapter) is Adapter:  # nothing to acknowledge: count them in one go
+            self._finalized(done)
+        else:
+            for job, result in zip(jobs, results):
+                if not isinstance(result, Exception):
+                    self._finalize(job, None, 1)
+
+    def _fail_batch(self, batch: Batch, jobs: list[Job[Any]], error: BaseException) -> None:
+        self._counts["processor_errors"] += 1
+        if self._emitter._handlers.get("batch_failed"):
+            self._emitter.emit("batch_failed", batch, error)
+        for job in jobs:
+            self._fail_job(job, error)
+
+    def _fail_job(self, job: Job[Any], error: BaseException) -> None:
+        policy = self.options.retry
+        handle = job._handle
+        if (
+            policy is not None
+            and not self._abandoning
+            and not (handle is not None and handle.done())
+            and policy.should_retry(error, job.attempts)
+        ):
+            delay = policy.delay(job.attempts)
+            self._counts["retried"] += 1
+            if self._emitter._handlers.get("job_retrying"):
+                self._emitter.emit("job_retrying", job, error, delay)
+            self._adapter.retry(job, delay)
+            return
+        self.fail_for_good(job, error)
+
+    def fail_for_good(self, job: Job[Any], error: BaseException) -> None:
+        """Give ``job`` its final failure now, without retrying."""
+        if isinstance(error, (JobCancelledError, ShutdownError)) or not self.wrap_errors:
+            final: BaseException = error
+        else:
+            final = JobFailedError(job, error, job.attempts)
+            final.__cause__ = error
+        handle = job._handle
+        if handle is not None:
+            try:
+                handle.set_exception(final)
+            except _ALREADY_SETTLED:
+                pass
+        self._counts["failed"] += 1
+        if self._emitter._handlers.get("job_failed"):
+            self._emitter.emit("job_failed", job, final)
+        self._finalize(job, final, 1)
+
+    def hold_for_retry(self, job: Job[Any], delay: float) -> None:
+        """Keep ``job`` here for ``delay`` seconds, then hand it to the adapter's ``requeue``."""
+        self._retries[job] = self._loop.call_later(delay, self._retry_ready, job)
+
+    def _retry_ready(self, job: Job[Any]) -> None:
+        del self._retries[job]
+        job._ready_at = self._now()  # its age for the time trigger starts again now
+        self._adapter.requeue(job)
+
+    def release(self, job: Job[Any]) -> None:
+        """The job left this process without an outcome here (a durable queue took it back).
+
+        It stops counting as pending; its handle, if any, stays unresolved for the adapter
+        to settle later or fail at shutdown.
+        """
+        self._finalized(1)
+
+    def _finalize(self, job: Job[Any], error: BaseException | None, count: int) -> None:
+        self._adapter.finished(job, error)
+        self._finalized(count)
+
+    def _finalized(self, count: int) -> None:
+        self.pending -= count
+        if self.on_final is not None:
+            self.on_final(count)
+        if self.pending == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    async def drain(self, timeout: float | None = None, cancel: bool = False) -> None:
+        """Flush, finish (or with ``cancel``, abandon) every accepted job, then close."""
+        if self._drain_task is None:
+            self._drain_task = self._loop.create_task(self._drain(timeout, cancel))
+        elif cancel and not self._abandoning:
+            self._abandon()
+        await asyncio.shield(self._drain_task)
+
+    async def _drain(self, timeout: float | None, cancel: bool) -> None:
+        self._drain_inbox()  # jobs submitted before shutdown began are still admitted
+        self._draining = True
+        self._emitter.emit("shutdown_started")
+        if self._open.jobs and not self._open.due:
+            self._open.due = "shutdown"
+        self._pump()
+        if cancel:
+            self._abandon()
+        elif not await self._wait_idle(timeout):
+            logger.warning("shutdown timed out after %ss: abandoning %d unfinished jobs", timeout, self.pending)
+            self._abandon()
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._closed = True
+        self._drain_inbox()
+        await self._adapter.close()
+        await self._emitter.wait_for_handlers()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._emitter.emit("shutdown_completed")
+
+    async def _wait_idle(self, timeout: float | None) -> bool:
+        if self.pending == 0:
+            return True
+        self._idle = self._loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._idle), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _abandon(self) -> None:
+        self._abandoning = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting = [job for batch in (*self._ready, self._open) for job in batch.jobs]
+        self._ready.clear()
+        self._open = Batch()
+        for job, timer in self._retries.items():
+            timer.cancel()
+            waiting.append(job)
+        self._retries.clear()
+        waiting.extend(self._adapter.abandon())
+        for job in waiting:
+            self.fail_for_good(job, JobCancelledError("job abandoned at shutdown"))
+        for task in self._tasks:
+            task.cancel()
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def stats(self) -> Stats:
+        """A consistent snapshot of the counters (call on the loop thread)."""
+        buffered = len(self._open.jobs) + sum(len(batch.jobs) for batch in self._ready)
+        return Stats(
+            **self._counts,
+            pending=self.pending,
+            buffered=buffered,
+            in_flight=self._in_flight,
+            retrying=len(self._retries),
+            batches=sum(self._triggers.values()),
+            batches_by_trigger=dict(self._triggers),
+        )

@@ -1,0 +1,145 @@
+"""A small EventEmitter: ``on``, ``once``, ``off``/``remove_listener``, ``emit``.
+
+Written here rather than taken from pyee because the engine asks "is anyone listening?"
+on the hot path for every job: listeners live in a dict of immutable tuples, so that
+check is one dict lookup and ``emit`` never copies or locks.  Handlers may be sync or
+``async def``; a handler that raises never reaches the engine: the error goes to the
+``error`` event, or to the ``microbatching`` logger when nobody listens for ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["EVENTS", "EventEmitter"]
+
+logger = logging.getLogger("microbatching")
+
+#: Every event the batcher emits, with the arguments its handlers receive.
+EVENTS: dict[str, str] = {
+    "job_added": "(job)",
+    "batch_started": "(batch)",
+    "batch_completed": "(batch, results)",
+    "batch_failed": "(batch, error)",
+    "job_completed": "(job, result)",
+    "job_retrying": "(job, error, delay)",
+    "job_failed": "(job, error)",
+    "shutdown_started": "()",
+    "shutdown_completed": "()",
+    "error": "(error, event)",
+}
+
+Handler = Callable[..., Any]
+H = TypeVar("H", bound=Handler)
+
+
+class EventEmitter:
+    """Register handlers for the batcher's lifecycle events and emit them."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, tuple[Handler, ...]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def on(self, event: str, handler: H | None = None) -> Any:
+        """Call ``handler`` on every ``event``; without a handler, acts as a decorator."""
+        if handler is None:
+            return lambda func: self.on(event, func)
+        self._add(event, handler)
+        return handler
+
+    def once(self, event: str, handler: H | None = None) -> Any:
+        """Call ``handler`` on the next ``event`` only."""
+        if handler is None:
+            return lambda func: self.once(event, func)
+        self._add(event, _Once(self, event, handler))
+        return handler
+
+    def off(self, event: str, handler: Handler) -> None:
+        """Remove ``handler`` from ``event`` (also a ``once`` handler); unknown handlers are ignored."""
+        current = self._handlers.get(event, ())
+        kept = tuple(h for h in current if h is not handler and getattr(h, "func", None) is not handler)
+        if len(kept) < len(current):
+            self._set(event, kept)
+
+    remove_listener = off
+
+    def remove_all_listeners(self, event: str | None = None) -> None:
+        """Remove every handler of ``event``, or of every event."""
+        if event is None:
+            self._handlers = {}
+        else:
+            self._set(event, ())
+
+    def listeners(self, event: str) -> list[Handler]:
+        """The handlers registered for ``event``, in call order."""
+        return [getattr(h, "func", h) for h in self._handlers.get(event, ())]
+
+    def emit(self, event: str, *args: Any) -> bool:
+        """Call the handlers of ``event`` with ``args``; returns whether any was called."""
+        handlers = self._handlers.get(event)
+        if not handlers:
+            return False
+        for handler in handlers:
+            self._call(event, handler, args)
+        return True
+
+    async def wait_for_handlers(self) -> None:
+        """Wait for the async handlers still running."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _call(self, event: str, handler: Handler, args: tuple[Any, ...]) -> None:
+        try:
+            outcome = handler(*args)
+        except Exception as exc:
+            self._handler_failed(event, exc)
+            return
+        if inspect.isawaitable(outcome):
+            task = asyncio.ensure_future(outcome)
+            self._tasks.add(task)
+            task.add_done_callback(lambda t: self._task_done(event, t))
+
+    def _task_done(self, event: str, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._handler_failed(event, task.exception())  # type: ignore[arg-type]
+
+    def _handler_failed(self, event: str, exc: BaseException) -> None:
+        if event != "error" and self._handlers.get("error"):
+            self.emit("error", exc, event)
+        else:
+            logger.error("a %r event handler raised", event, exc_info=exc)
+
+    def _add(self, event: str, handler: Handler) -> None:
+        if event not in EVENTS:
+            known = ", ".join(EVENTS)
+            raise ValueError(f"unknown event {event!r}; the events are: {known}")
+        if not callable(handler):
+            raise TypeError(f"event handler must be callable, got {handler!r}")
+        self._set(event, (*self._handlers.get(event, ()), handler))
+
+    def _set(self, event: str, handlers: tuple[Handler, ...]) -> None:
+        # Copy-on-write: emit() may be iterating the old tuple in another thread.
+        updated = dict(self._handlers)
+        if handlers:
+            updated[event] = handlers
+        else:
+            updated.pop(event, None)
+        self._handlers = updated
+
+
+class _Once:
+    """A handler that removes itself before its first call."""
+
+    __slots__ = ("emitter", "event", "func")
+
+    def __init__(self, emitter: EventEmitter, event: str, func: Handler) -> None:
+        self.emitter, self.event, self.func = emitter, event, func
+
+    def __call__(self, *args: Any) -> Any:
+        self.emitter.off(self.event, self.func)
+        return self.func(*args)

@@ -1,0 +1,95 @@
+"""Validated batching options and processor resolution."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._retry import RetryPolicy
+
+__all__ = [
+    "DEFAULT_BATCH_INTERVAL",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_RETRY",
+    "Options",
+    "resolve_processor",
+]
+
+#: Large enough to amortise a per-call cost (a round trip, a model forward pass) well,
+#: small enough that one batch's processing stays short.
+DEFAULT_BATCH_SIZE = 100
+#: 50 ms: a job waits at most this long for company, a delay most interactive callers
+#: tolerate and long enough to gather a useful batch at a few hundred jobs per second.
+DEFAULT_BATCH_INTERVAL = 0.05
+#: Three attempts, 0.1 s then 0.2 s apart (each cut by up to half at random).
+DEFAULT_RETRY = RetryPolicy()
+
+
+@dataclass(frozen=True)
+class Options:
+    """The batching options shared by both batchers, validated at construction."""
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_interval: float = DEFAULT_BATCH_INTERVAL
+    max_batch_weight: float | None = None
+    weight: Callable[[Any], float] | None = None
+    retry: RetryPolicy | None = DEFAULT_RETRY
+    max_concurrent_batches: int = 1
+    max_pending: int | None = None
+    batch_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("max_concurrent_batches", self.max_concurrent_batches)
+        _positive_number("batch_interval", self.batch_interval, allow_zero=True)
+        if self.max_pending is not None:
+            _positive_int("max_pending", self.max_pending)
+        if self.batch_timeout is not None:
+            _positive_number("batch_timeout", self.batch_timeout)
+        if self.max_batch_weight is not None:
+            _positive_number("max_batch_weight", self.max_batch_weight)
+            if not callable(self.weight):
+                raise TypeError("max_batch_weight needs weight=, a callable giving each job's weight")
+        elif self.weight is not None:
+            raise TypeError("weight= has no effect without max_batch_weight=")
+        if self.retry is not None and not isinstance(self.retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy or None, got {self.retry!r}")
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def _positive_number(name: str, value: object, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or units, got {type(value).__name__} {value!r}")
+    if value != value or value == float("inf") or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+
+
+ProcessorFn = Callable[[list[Any]], Any]
+
+
+def resolve_processor(processor: object) -> tuple[ProcessorFn, bool]:
+    """The callable to run for a batch, and whether it is ``async``.
+
+    Accepts an object with ``process_batch(jobs)`` (the seed's BatchProcessorInterface)
+    or any callable taking the list of jobs.
+    """
+    method = getattr(processor, "process_batch", None)
+    func: Any = method if method is not None else processor
+    if not callable(func):
+        raise TypeError(
+            "processor must be a callable taking a list of jobs, or an object with a "
+            f"process_batch(jobs) method; got {processor!r}"
+        )
+    is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)
+    )
+    return func, is_async

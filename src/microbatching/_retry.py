@@ -1,0 +1,74 @@
+"""Retry policy: how many attempts, how long to wait between them, which errors retry."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .errors import BatchResultError
+
+__all__ = ["RetryPolicy"]
+
+RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+
+def _check_number(name: str, value: object, *, minimum: float, strict: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if value < minimum or (strict and value == minimum) or value != value:
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry failed jobs with exponential backoff and jitter.
+
+    The delay before attempt ``n + 1`` is ``min(max_delay, base_delay * multiplier ** (n - 1))``,
+    reduced by a random fraction of at most ``jitter`` (0 = none, 1 = "full jitter").
+    ``retry_on`` is a tuple of exception types, or a predicate on the error.  A processor
+    that breaks its contract (:class:`~microbatching.errors.BatchResultError`) is never
+    retried: the same code would break it again.
+    """
+
+    max_attempts: int = 3
+    base_delay: float = 0.1
+    max_delay: float = 10.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    retry_on: RetryOn = (Exception,)
+    _random: Callable[[], float] = field(default=random.random, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise TypeError(f"max_attempts must be an int, got {self.max_attempts!r}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        _check_number("base_delay", self.base_delay, minimum=0)
+        _check_number("max_delay", self.max_delay, minimum=0)
+        _check_number("multiplier", self.multiplier, minimum=1)
+        _check_number("jitter", self.jitter, minimum=0)
+        if self.jitter > 1:
+            raise ValueError(f"jitter must be between 0 and 1, got {self.jitter}")
+        if not callable(self.retry_on) and not _is_exception_tuple(self.retry_on):
+            raise TypeError("retry_on must be a tuple of exception types or a callable")
+
+    def should_retry(self, error: BaseException, attempts: int) -> bool:
+        """Whether a job that failed with ``error`` on attempt ``attempts`` gets another one."""
+        if attempts >= self.max_attempts or isinstance(error, BatchResultError):
+            return False
+        if isinstance(self.retry_on, tuple):
+            return isinstance(error, self.retry_on)
+        return bool(self.retry_on(error))
+
+    def delay(self, attempts: int) -> float:
+        """Seconds to wait after failed attempt number ``attempts`` (1-based)."""
+        raw = min(self.max_delay, self.base_delay * self.multiplier ** (attempts - 1))
+        return raw * (1.0 - self.jitter * self._random())
+
+
+def _is_exception_tuple(value: object) -> bool:
+    return isinstance(value, tuple) and all(
+        isinstance(item, type) and issubclass(item, BaseException) for item in value
+    )
