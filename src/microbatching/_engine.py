@@ -288,8 +288,8 @@ class Engine:
         else:
             self._fail_batch(batch, jobs, error)
         self._pump()
-        if isinstance(error, (KeyboardInterrupt, SystemExit)):
-            raise error
+        if self._is_async and isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise error  # raised on the caller's loop: let it stop the program, jobs settled first
 
     def _start_attempts(self, batch: Batch) -> list[Job[Any]]:
         """Count the attempt of each job; drop the ones whose handle was cancelled meanwhile."""

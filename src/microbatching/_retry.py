@@ -64,7 +64,10 @@ class RetryPolicy:
 
     def delay(self, attempts: int) -> float:
         """Seconds to wait after failed attempt number ``attempts`` (1-based)."""
-        raw = min(self.max_delay, self.base_delay * self.multiplier ** (attempts - 1))
+        try:
+            raw = min(self.max_delay, self.base_delay * self.multiplier ** (attempts - 1))
+        except OverflowError:
+            raw = self.max_delay
         return raw * (1.0 - self.jitter * self._random())
 
 
