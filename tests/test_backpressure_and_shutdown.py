@@ -62,7 +62,7 @@ def test_async_submit_timeout_raises_queue_full() -> None:
     async def main() -> None:
         mb = AsyncMicroBatching(None, _sleepy, batch_size=1, batch_interval=0.01, max_pending=1)
         mb.submit_job_nowait(Job(0, 0))
-        with pytest.raises(QueueFullError, match="no room within 0.1s"):
+        with pytest.raises(QueueFullError, match=r"no room within 0\.1s"):
             await mb.submit_job(Job(1, 1), timeout=0.1)
         await mb.shutdown()
         assert mb.stats().submitted == 1
@@ -95,7 +95,7 @@ def test_sync_submit_blocks_then_proceeds_and_nonblocking_raises() -> None:
         handles = [mb.submit_job(Job(i, i)) for i in range(2)]
         with pytest.raises(QueueFullError):
             mb.submit_job(Job(9, 9), block=False)
-        with pytest.raises(QueueFullError, match="no room came within 0.05s"):
+        with pytest.raises(QueueFullError, match=r"no room came within 0\.05s"):
             mb.submit_job(Job(9, 9), timeout=0.05)
         threading.Timer(0.2, gate.set).start()
         start = time.monotonic()

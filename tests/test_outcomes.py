@@ -151,7 +151,9 @@ def test_processor_raising_cancelled_error_fails_jobs_instead_of_hanging() -> No
         raise asyncio.CancelledError
 
     outcomes = vrun(_outcomes(self_cancel))
-    assert all(isinstance(o, JobFailedError) and isinstance(o.cause, asyncio.CancelledError) for o in outcomes)
+    assert all(
+        isinstance(o, JobFailedError) and isinstance(o.cause, asyncio.CancelledError) for o in outcomes
+    )
 
 
 def test_sync_processor_that_returns_a_coroutine_is_awaited() -> None:

@@ -71,7 +71,9 @@ class FailsFirst:
     async def process_batch(self, jobs: list[Job[int]]) -> list[Any]:
         self.batches.append((asyncio.get_running_loop().time(), [(j.data, j.attempts) for j in jobs]))
         return [
-            OSError(f"flaky {j.data}") if j.data in self.flaky and j.attempts <= self.failures else j.data * 10
+            OSError(f"flaky {j.data}")
+            if j.data in self.flaky and j.attempts <= self.failures
+            else j.data * 10
             for j in jobs
         ]
 
@@ -156,7 +158,9 @@ def test_retry_waiting_jobs_count_as_pending() -> None:
 
     async def main() -> None:
         policy = RetryPolicy(max_attempts=2, base_delay=5.0, jitter=0)
-        mb = AsyncMicroBatching(None, processor, batch_size=1, batch_interval=0.01, retry=policy, max_pending=1)
+        mb = AsyncMicroBatching(
+            None, processor, batch_size=1, batch_interval=0.01, retry=policy, max_pending=1
+        )
         future = mb.submit_job_nowait(Job(1, 1))
         await asyncio.sleep(1)
         stats = mb.stats()

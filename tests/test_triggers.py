@@ -112,7 +112,9 @@ def test_weight_function_that_raises_fails_only_that_job() -> None:
         async def echo(jobs: list[Job[Any]]) -> list[Any]:
             return [job.data for job in jobs]
 
-        mb = AsyncMicroBatching(None, echo, batch_size=10, batch_interval=0.1, max_batch_weight=5, weight=weight)
+        mb = AsyncMicroBatching(
+            None, echo, batch_size=10, batch_interval=0.1, max_batch_weight=5, weight=weight
+        )
         good = mb.submit_job_nowait(Job(1, "good"))
         bad = mb.submit_job_nowait(Job(2, "bad"))
         assert await good == "good"

@@ -66,10 +66,14 @@ class QueueAdapter(Adapter):
             self._add_failed(job, exc)
             return
         if inspect.isawaitable(outcome):
-            task = asyncio.ensure_future(outcome)
-            task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or self._add_failed(job, t.exception()))  # type: ignore[arg-type]
+            asyncio.ensure_future(outcome).add_done_callback(lambda task: self._add_done(job, task))
 
     requeue = admit
+
+    def _add_done(self, job: Job[Any], task: asyncio.Future[Any]) -> None:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            self._add_failed(job, error)
 
     def _add_failed(self, job: Job[Any], exc: BaseException) -> None:
         if self._outside.pop(job.id, None) is not None:

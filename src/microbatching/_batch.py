@@ -42,9 +42,10 @@ class Batch:
 
 def check_results(results: object, expected: int) -> Sequence[Any]:
     """``results`` if it is one result per job, else a :class:`BatchResultError` saying why."""
-    if type(results) is list or type(results) is tuple:  # the common case, checked fastest
-        actual = len(results)
-    elif isinstance(results, Sequence) and not isinstance(results, (str, bytes, bytearray)):
+    # A list is by far the common case: test its exact type before the slower ABC check.
+    if type(results) is list or (
+        isinstance(results, Sequence) and not isinstance(results, (str, bytes, bytearray))
+    ):
         actual = len(results)
     else:
         raise BatchResultError(

@@ -50,10 +50,16 @@ async def _demo(count: int, rng: random.Random) -> int:
         f"batch_interval={BATCH_INTERVAL * 1000:.0f} ms, retry up to {retry.max_attempts} attempts\n"
     )
     _print_batches(mb)
-    mb.on("job_retrying", lambda job, error, delay: print(
-        f"      job {job.id}: {error} -> retry in {delay * 1000:.0f} ms (attempt {job.attempts + 1})"))
+    mb.on(
+        "job_retrying",
+        lambda job, error, delay: print(
+            f"      job {job.id}: {error} -> retry in {delay * 1000:.0f} ms (attempt {job.attempts + 1})"
+        ),
+    )
     mb.on("job_failed", lambda job, error: print(f"      job {job.id}: failed for good: {error}"))
-    mb.on("shutdown_started", lambda: print("   -- shutdown: flushing the partial batch, waiting for retries"))
+    mb.on(
+        "shutdown_started", lambda: print("   -- shutdown: flushing the partial batch, waiting for retries")
+    )
     started = time.perf_counter()
     futures = []
     async with mb:
@@ -72,10 +78,10 @@ def _gap(number: int, rng: random.Random) -> float:
 
 def _print_batches(mb: AsyncMicroBatching) -> None:
     def completed(batch: Batch, results: list[Any]) -> None:
-        assert batch.started_at is not None
+        started = batch.started_at or batch.opened_at
         failed = sum(isinstance(result, Exception) for result in results)
-        waited = (batch.started_at - batch.opened_at) * 1000
-        ran = (time.monotonic() - batch.started_at) * 1000
+        waited = (started - batch.opened_at) * 1000
+        ran = (time.monotonic() - started) * 1000
         ids = [job.id for job in batch.jobs if job.attempts == 1]
         again = "".join(f" +{job.id} (attempt {job.attempts})" for job in batch.jobs if job.attempts > 1)
         span = f"jobs {ids[0]}..{ids[-1]}" if ids else "retries"

@@ -95,6 +95,7 @@ class Engine:
         self._batch_size = options.batch_size
         self._interval = options.batch_interval
         self._weigh = options.weight if options.max_batch_weight is not None else None
+        self._max_weight = options.max_batch_weight or 0.0
         self._open = Batch()
         self._ready: deque[Batch] = deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -114,8 +115,14 @@ class Engine:
         #: raise the processor's own error, as a plain function call would.
         self.wrap_errors = True
         self.pending = 0
-        self._counts = {"submitted": 0, "completed": 0, "failed": 0, "retried": 0, "cancelled": 0,
-                        "processor_errors": 0}
+        self._counts = {
+            "submitted": 0,
+            "completed": 0,
+            "failed": 0,
+            "retried": 0,
+            "cancelled": 0,
+            "processor_errors": 0,
+        }
         self._triggers = {"size": 0, "time": 0, "weight": 0, "shutdown": 0}
         self._in_flight = 0
         adapter.attach(self)
@@ -208,8 +215,7 @@ class Engine:
         except Exception as exc:
             self.fail_for_good(job, exc)
             return
-        limit = self.options.max_batch_weight
-        assert limit is not None  # for mypy; _weigh is only set with a limit
+        limit = self._max_weight
         if self._open.jobs and self._open.weight + weight > limit:
             self._close("weight")
         batch = self._open
@@ -337,7 +343,7 @@ class Engine:
     def _settle(self, batch: Batch, jobs: list[Job[Any]], results: Sequence[Any]) -> None:
         failed: list[tuple[Job[Any], Exception]] = []
         announce = self._emitter._handlers.get("job_completed")
-        for job, result in zip(jobs, results):
+        for job, result in zip(jobs, results, strict=False):
             if isinstance(result, Exception):
                 failed.append((job, result))
                 continue
@@ -358,7 +364,7 @@ class Engine:
         if type(self._adapter) is Adapter:  # nothing to acknowledge: count them in one go
             self._finalized(done)
         else:
-            for job, result in zip(jobs, results):
+            for job, result in zip(jobs, results, strict=False):
                 if not isinstance(result, Exception):
                     self._finalize(job, None, 1)
 
@@ -452,7 +458,9 @@ class Engine:
         if cancel:
             self._abandon()
         elif not await self._wait_idle(timeout):
-            logger.warning("shutdown timed out after %ss: abandoning %d unfinished jobs", timeout, self.pending)
+            logger.warning(
+                "shutdown timed out after %ss: abandoning %d unfinished jobs", timeout, self.pending
+            )
             self._abandon()
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

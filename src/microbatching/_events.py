@@ -61,7 +61,8 @@ class EventEmitter:
     def off(self, event: str, handler: Handler) -> None:
         """Remove ``handler`` from ``event`` (also a ``once`` handler); unknown handlers are ignored."""
         current = self._handlers.get(event, ())
-        kept = tuple(h for h in current if h is not handler and getattr(h, "func", None) is not handler)
+        # == rather than is: each access to a bound method (obj.method) makes a new object.
+        kept = tuple(h for h in current if h != handler and getattr(h, "func", None) != handler)
         if len(kept) < len(current):
             self._set(event, kept)
 

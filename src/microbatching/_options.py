@@ -89,7 +89,6 @@ def resolve_processor(processor: object) -> tuple[ProcessorFn, bool]:
             "processor must be a callable taking a list of jobs, or an object with a "
             f"process_batch(jobs) method; got {processor!r}"
         )
-    is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
-        getattr(func, "__call__", None)
-    )
+    # An instance with ``async def __call__`` is async too.
+    is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
     return func, is_async

@@ -46,7 +46,9 @@ class MicroBatching(BatcherBase):
                 self._slots = slots
                 self._engine.on_final = lambda count: slots.release(count)
             ready: Future[None] = Future()
-            self._thread = threading.Thread(target=self._run_loop, args=(ready,), name="microbatching-loop", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run_loop, args=(ready,), name="microbatching-loop", daemon=True
+            )
             self._thread.start()
             ready.result()
             self._state = State.RUNNING
@@ -123,7 +125,11 @@ class MicroBatching(BatcherBase):
 
     def stats(self) -> Stats:
         """A consistent snapshot of the counters, taken on the loop thread."""
-        if self._state is State.NEW or not self._thread.is_alive() or threading.current_thread() is self._thread:
+        if (
+            self._state is State.NEW
+            or not self._thread.is_alive()
+            or threading.current_thread() is self._thread
+        ):
             return self._engine_stats()
         snapshot: Future[Stats] = Future()
         self._loop.call_soon_threadsafe(lambda: snapshot.set_result(self._engine_stats()))

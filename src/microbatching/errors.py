@@ -50,9 +50,7 @@ class JobFailedError(MicroBatchingError):
         self.cause = cause
         self.attempts = attempts
         noun = "attempt" if attempts == 1 else "attempts"
-        super().__init__(
-            f"job {job.id!r} failed after {attempts} {noun}: {type(cause).__name__}: {cause}"
-        )
+        super().__init__(f"job {job.id!r} failed after {attempts} {noun}: {type(cause).__name__}: {cause}")
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.job, self.cause, self.attempts))
