@@ -320,8 +320,10 @@ async def timer_reference(seconds: float, every: float, size: int, interval: flo
 # -- observability: every listener plus stats() polling, against none --------------------
 
 
-async def fan_in_observed(n: int, tasks: int, size: int, interval: float, poll_every: float) -> Metrics:
-    """Fan-in with a handler on every event and ``stats()`` polled every ``poll_every`` seconds."""
+async def fan_in_observed(
+    n: int, tasks: int, size: int, interval: float, poll_every: float | None
+) -> Metrics:
+    """Fan-in with a handler on every event and ``stats()`` polled every ``poll_every`` seconds (or never)."""
     counter = Counter()
     batcher = _ours(counter, size, interval)
     calls = [0]
@@ -333,14 +335,15 @@ async def fan_in_observed(n: int, tasks: int, size: int, interval: float, poll_e
         batcher.on(event, listener)
     polls: list[microbatching.Stats] = []
 
-    async def poll() -> None:
+    async def poll(every: float) -> None:
         while True:
             polls.append(batcher.stats())
-            await asyncio.sleep(poll_every)
+            await asyncio.sleep(every)
 
-    poller = asyncio.create_task(poll())
+    poller = None if poll_every is None else asyncio.create_task(poll(poll_every))
     metrics = await _fan_in(lambda xs, lat: _ours_worker(batcher, xs, lat), n, tasks, counter, "observed")
-    poller.cancel()
+    if poller is not None:
+        poller.cancel()
     await batcher.shutdown()
     final = batcher.stats()
     # job_added + job_completed per job, batch_started + batch_completed per batch, shutdown x2.

@@ -1,0 +1,45 @@
+"""The benchmark suite's quick mode runs end to end, so it cannot rot (no speed is judged)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.mark.timeout(300)
+def test_quick_benchmarks_run_every_workload_and_check_every_result(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "run.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())["results"]
+    workloads = {"fan-in", "bulk", "decorator", "sync", "timer", "observability", "memory", "durable"}
+    assert set(results) == workloads
+    assert results["timer"]["impls"]["ours"]["late_min_ms"] >= 0  # a batch never leaves early
+    assert "issue-4 targets" in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_quick_plot_is_drawn(tmp_path: Path) -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib not installed (pip install -e '.[bench]')")
+    image = tmp_path / "sweep.png"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "plot.py"), "--quick", "--out", str(image)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert image.stat().st_size > 0
