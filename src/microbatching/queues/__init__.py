@@ -1,5 +1,6 @@
 """Bundled queues.  The in-memory queue is the default; durable ones come as extras."""
 
 from .memory import MemoryQueue
+from .sqlite import SQLiteQueue
 
-__all__ = ["MemoryQueue"]
+__all__ = ["MemoryQueue", "SQLiteQueue"]

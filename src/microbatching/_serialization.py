@@ -1,0 +1,108 @@
+"""Encoding job data for durable queues: JSON by default, pickle only when asked for."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import MicroBatchingError
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "JsonSerializer",
+    "PayloadTooLargeError",
+    "PickleSerializer",
+    "SerializationError",
+    "Serializer",
+    "resolve_serializer",
+]
+
+#: 1 MiB: far above a typical job's data, far below what would hurt a queue.
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+class SerializationError(MicroBatchingError, TypeError):
+    """A job's id or data cannot be encoded by the queue's serializer (nothing was stored)."""
+
+
+class PayloadTooLargeError(MicroBatchingError, ValueError):
+    """A job's encoded data exceeds the queue's ``max_payload_bytes`` (nothing was stored)."""
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """Turns job ids and data into bytes and back; ``name`` is recorded in the queue."""
+
+    name: str
+
+    def dumps(self, value: Any) -> bytes:
+        """Encode ``value``; raise ``TypeError`` or ``ValueError`` if it cannot be."""
+        ...
+
+    def loads(self, data: bytes) -> Any:
+        """Decode what ``dumps`` produced."""
+        ...
+
+
+class JsonSerializer:
+    """Strict JSON (no NaN or infinities), UTF-8, compact.  Tuples come back as lists."""
+
+    name = "json"
+
+    def dumps(self, value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+class PickleSerializer:
+    """Pickle: any picklable object.  Only for queues whose every writer you trust:
+    unpickling runs code chosen by whoever wrote the payload."""
+
+    name = "pickle"
+
+    def dumps(self, value: Any) -> bytes:
+        try:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, AttributeError) as exc:
+            raise TypeError(str(exc)) from exc
+
+    def loads(self, data: bytes) -> Any:
+        return pickle.loads(data)  # opt-in, documented: trusted writers only
+
+
+def resolve_serializer(serializer: str | Serializer) -> Serializer:
+    """``"json"`` (the default), ``"pickle"`` (explicit opt-in) or a :class:`Serializer` object."""
+    if serializer == "json":
+        return JsonSerializer()
+    if serializer == "pickle":
+        return PickleSerializer()
+    if isinstance(serializer, Serializer) and not isinstance(serializer, str):
+        return serializer
+    raise ValueError(f"serializer must be 'json', 'pickle' or a Serializer object, got {serializer!r}")
+
+
+def encode(serializer: Serializer, job_id: Any, data: Any, limit: int | None) -> tuple[bytes, bytes]:
+    """The encoded id and data of a job, or a clear error naming the job."""
+    try:
+        encoded_id = serializer.dumps(job_id)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(
+            f"job id {job_id!r} cannot be encoded as {serializer.name}: {exc}"
+        ) from exc
+    try:
+        payload = serializer.dumps(data)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        hint = " (pass serializer='pickle' to the queue to store any picklable object)" if (
+            serializer.name == "json") else ""
+        raise SerializationError(
+            f"data of job {job_id!r} cannot be encoded as {serializer.name}: {exc}{hint}"
+        ) from exc
+    if limit is not None and len(payload) > limit:
+        raise PayloadTooLargeError(
+            f"data of job {job_id!r} is {len(payload)} bytes encoded, over the queue's "
+            f"max_payload_bytes={limit}"
+        )
+    return encoded_id, payload

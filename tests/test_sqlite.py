@@ -1,0 +1,254 @@
+"""SQLiteQueue specifics beyond the conformance suite: URLs, files, serializers, the batcher's use of it."""
+
+from __future__ import annotations
+
+import asyncio
+import decimal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from microbatching import AsyncMicroBatching, Job, JobCancelledError, MicroBatching, RetryPolicy
+from microbatching._serialization import PayloadTooLargeError, SerializationError
+from microbatching.errors import MicroBatchingError
+from microbatching.queues import SQLiteQueue
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+async def stats_of(path: Path) -> Any:
+    queue = SQLiteQueue(path)
+    try:
+        return await queue.stats()
+    finally:
+        await queue.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///jobs.db", Path("jobs.db")),
+        ("sqlite:///data/jobs.db", Path("data/jobs.db")),
+        ("sqlite:////var/tmp/jobs.db", Path("/var/tmp/jobs.db")),
+        ("plain/path.db", Path("plain/path.db")),
+    ],
+)
+def test_url_forms(url: str, expected: Path) -> None:
+    assert SQLiteQueue(url).path == expected
+
+
+@pytest.mark.parametrize("url", ["redis://localhost/0", "sqlite://jobs.db", "sqlite:///:memory:", ""])
+def test_bad_urls_are_refused_with_the_accepted_forms(url: str) -> None:
+    with pytest.raises(ValueError, match="sqlite:///|file path"):
+        SQLiteQueue(url)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("lease", 0), ("lease", float("inf")), ("max_payload_bytes", 0), ("synchronous", "fast")]
+)
+def test_bad_options_are_refused(option: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=option):
+        SQLiteQueue("q.db", **{option: value})
+
+
+def test_the_file_is_in_wal_mode_with_the_tables(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+
+    async def main() -> None:
+        queue = SQLiteQueue(path)
+        await queue.enqueue([queue.encode(Job(1, "a"))])
+        await queue.close()
+
+    run(main())
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"mb_jobs", "mb_dead", "mb_meta"} <= tables
+    conn.close()
+
+
+def test_a_file_keeps_its_serializer(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    run(stats_of(path))  # creates it, JSON
+
+    async def main() -> None:
+        queue = SQLiteQueue(path, serializer="pickle")
+        try:
+            await queue.stats()
+        finally:
+            await queue.close()
+
+    with pytest.raises(MicroBatchingError, match="serializer='json'"):
+        run(main())
+
+
+def test_pickle_on_opt_in_round_trips_python_objects(tmp_path: Path) -> None:
+    def process(jobs: list[Job[Any]]) -> list[Any]:
+        return [(type(job.data).__name__, sum(job.data)) for job in jobs]
+
+    queue = SQLiteQueue(tmp_path / "q.db", serializer="pickle")
+    with MicroBatching(queue, process, batch_interval=0.01) as mb:
+        handle = mb.submit_job(Job(("tuple", "id"), {decimal.Decimal("1.5"), decimal.Decimal(2)}))
+        assert handle.result(timeout=10) == ("set", decimal.Decimal("3.5"))
+        with pytest.raises(SerializationError, match="'lambda'"):
+            mb.submit_job(Job("lambda", lambda: None))
+
+
+def test_json_is_the_default_and_refuses_before_storing(tmp_path: Path) -> None:
+    queue = SQLiteQueue(tmp_path / "q.db")
+    assert queue.serializer.name == "json"
+    with MicroBatching(queue, lambda jobs: [None] * len(jobs)) as mb:
+        with pytest.raises(SerializationError, match=r"data of job 'obj' cannot be encoded as json.*pickle"):
+            mb.submit_job(Job("obj", {"when": object()}))
+        with pytest.raises(SerializationError, match="NaN|Out of range"):
+            mb.submit_job(Job("nan", float("nan")))
+        with pytest.raises(SerializationError, match="job id"):
+            mb.submit_job(Job(object(), 1))
+        assert mb.stats().submitted == 0
+    stats = run(stats_of(tmp_path / "q.db"))
+    assert (stats.pending, stats.done) == (0, 0)
+
+
+def test_payload_limit_is_configurable(tmp_path: Path) -> None:
+    small = SQLiteQueue(tmp_path / "q.db", max_payload_bytes=10)
+    with pytest.raises(PayloadTooLargeError, match=r"job 7 is 12 bytes encoded, over .*max_payload_bytes=10"):
+        small.encode(Job(7, "x" * 10))
+    assert small.encode(Job(7, "x" * 8)).payload == b'"xxxxxxxx"'
+    unbounded = SQLiteQueue(tmp_path / "q.db", max_payload_bytes=None)
+    assert len(unbounded.encode(Job(1, "x" * 5_000_000)).payload) == 5_000_002
+
+
+def test_async_batcher_on_sqlite(tmp_path: Path) -> None:
+    async def process(jobs: list[Job[Any]]) -> list[Any]:
+        return [job.data["n"] ** 2 for job in jobs]
+
+    async def main() -> list[Any]:
+        async with AsyncMicroBatching(SQLiteQueue(tmp_path / "q.db"), process, batch_size=8) as mb:
+            futures = [mb.submit_job_nowait(Job(i, {"n": i})) for i in range(40)]
+            return list(await asyncio.gather(*futures))
+
+    assert run(main()) == [i * i for i in range(40)]
+
+
+def test_a_batcher_processes_jobs_enqueued_by_others(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+
+    async def produce() -> None:
+        queue = SQLiteQueue(path)
+        await queue.enqueue([queue.encode(Job(i, i)) for i in range(100)])
+        await queue.close()
+
+    run(produce())
+    seen: list[int] = []
+    done = threading.Event()
+
+    def process(jobs: list[Job[Any]]) -> list[Any]:
+        seen.extend(job.data for job in jobs)
+        if len(seen) >= 100:
+            done.set()
+        return [None] * len(jobs)
+
+    with MicroBatching(SQLiteQueue(path), process, batch_size=30, batch_interval=0.01):
+        assert done.wait(10)
+    assert sorted(seen) == list(range(100))
+    stats = run(stats_of(path))
+    assert (stats.pending, stats.in_flight, stats.done) == (0, 0, 100)
+
+
+def test_a_handle_whose_job_stays_queued_fails_saying_so(tmp_path: Path) -> None:
+    def process(jobs: list[Job[Any]]) -> list[Any]:
+        return [ConnectionError("down") for _ in jobs]
+
+    retry = RetryPolicy(max_attempts=3, base_delay=60.0, jitter=0.0)
+    mb = MicroBatching(SQLiteQueue(tmp_path / "q.db"), process, retry=retry, batch_interval=0.01)
+    handle = mb.submit_job(Job("later", 1))
+    deadline = time.monotonic() + 10
+    while mb.stats().retried == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    mb.shutdown()
+    with pytest.raises(JobCancelledError, match="'later' is still in the durable queue"):
+        handle.result(timeout=0)
+    stats = run(stats_of(tmp_path / "q.db"))
+    assert (stats.delayed, stats.in_flight) == (1, 0)
+
+
+def test_cancelled_shutdown_gives_claimed_jobs_back(tmp_path: Path) -> None:
+    started = asyncio.Event()
+
+    async def process(jobs: list[Job[Any]]) -> list[Any]:
+        started.set()
+        await asyncio.sleep(60)
+        return [None] * len(jobs)
+
+    async def main() -> list[Any]:
+        mb = AsyncMicroBatching(SQLiteQueue(tmp_path / "q.db"), process, batch_size=2, batch_interval=0.01)
+        futures = [mb.submit_job_nowait(Job(i, i)) for i in range(5)]
+        await asyncio.wait_for(started.wait(), 10)
+        await mb.shutdown(cancel=True)
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    outcomes = run(main())
+    assert all(isinstance(outcome, JobCancelledError) for outcome in outcomes)
+    stats = run(stats_of(tmp_path / "q.db"))
+    assert (stats.pending, stats.in_flight, stats.done, stats.dead) == (5, 0, 0, 0)
+
+    async def attempts() -> list[int]:
+        queue = SQLiteQueue(tmp_path / "q.db")
+        jobs = await queue.claim(10, 30.0)
+        await queue.close()
+        return sorted(job.attempts for job in jobs)
+
+    # The two jobs whose batch was running spent an attempt; the buffered ones did not.
+    assert run(attempts()) == [1, 1, 1, 2, 2]
+
+
+def test_leases_are_renewed_while_a_batch_runs(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    stolen: list[Any] = []
+
+    def process(jobs: list[Job[Any]]) -> list[Any]:
+        async def try_to_steal() -> None:
+            other = SQLiteQueue(path)
+            for _ in range(10):
+                stolen.extend(await other.claim(10, 30.0))
+                await asyncio.sleep(0.2)
+            await other.close()
+
+        asyncio.run(try_to_steal())  # two seconds, several leases long
+        return [None] * len(jobs)
+
+    with MicroBatching(SQLiteQueue(path, lease=0.6), process, batch_interval=0.01) as mb:
+        assert mb.submit_job(Job(1, 1)).result(timeout=30) is None
+    assert stolen == []
+
+
+def test_a_closed_queue_says_so(tmp_path: Path) -> None:
+    async def main() -> None:
+        queue = SQLiteQueue(tmp_path / "q.db")
+        await queue.stats()
+        await queue.close()
+        await queue.stats()
+
+    with pytest.raises(MicroBatchingError, match="is closed"):
+        run(main())
+
+
+def test_stats_report_the_oldest_age(tmp_path: Path) -> None:
+    async def main() -> Any:
+        queue = SQLiteQueue(tmp_path / "q.db")
+        assert (await queue.stats()).oldest_age is None
+        await queue.enqueue([queue.encode(Job(1, 1))])
+        await asyncio.sleep(0.05)
+        stats = await queue.stats()
+        await queue.close()
+        return stats
+
+    stats = run(main())
+    assert stats.pending == 1
+    assert stats.oldest_age >= 0.05
