@@ -45,12 +45,13 @@ def test_url_forms(url: str, expected: Path) -> None:
 
 @pytest.mark.parametrize("url", ["redis://localhost/0", "sqlite://jobs.db", "sqlite:///:memory:", ""])
 def test_bad_urls_are_refused_with_the_accepted_forms(url: str) -> None:
-    with pytest.raises(ValueError, match="sqlite:///|file path"):
+    with pytest.raises(ValueError, match=r"sqlite:///|file path"):
         SQLiteQueue(url)
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("lease", 0), ("lease", float("inf")), ("max_payload_bytes", 0), ("synchronous", "fast")]
+    ("option", "value"),
+    [("lease", 0), ("lease", float("inf")), ("max_payload_bytes", 0), ("synchronous", "fast")],
 )
 def test_bad_options_are_refused(option: str, value: Any) -> None:
     with pytest.raises(ValueError, match=option):
@@ -106,7 +107,7 @@ def test_json_is_the_default_and_refuses_before_storing(tmp_path: Path) -> None:
     with MicroBatching(queue, lambda jobs: [None] * len(jobs)) as mb:
         with pytest.raises(SerializationError, match=r"data of job 'obj' cannot be encoded as json.*pickle"):
             mb.submit_job(Job("obj", {"when": object()}))
-        with pytest.raises(SerializationError, match="NaN|Out of range"):
+        with pytest.raises(SerializationError, match=r"NaN|Out of range"):
             mb.submit_job(Job("nan", float("nan")))
         with pytest.raises(SerializationError, match="job id"):
             mb.submit_job(Job(object(), 1))
