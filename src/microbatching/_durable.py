@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,9 @@ logger = logging.getLogger("microbatching")
 _MIN_IDLE = 0.002  # first poll delay once the queue runs dry; doubles up to _MAX_IDLE
 _MAX_IDLE = 0.1
 _ERROR_BACKOFF = 0.5
+#: A job whose lease ran out this many times (its consumer died or stalled with it) is
+#: processed alone: it may be what kills the consumer.
+_SUSPECT_AFTER = 2
 
 
 @dataclass
@@ -53,6 +57,8 @@ class ClaimAdapter(Adapter):
         self._releases: list[Job[Any]] = []
         self._dead: list[tuple[Job[Any], str]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._suspects: deque[Job[Any]] = deque()
+        self._isolating: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
 
@@ -104,9 +110,13 @@ class ClaimAdapter(Adapter):
         while True:
             draining = engine.draining
             if draining:
+                self._release_suspects()
                 await self._write_all()
                 if not self._own_queued():
                     break
+            elif self._suspects or self._isolating is not None:
+                await self._isolate_next()
+                continue
             want = target - len(self._held)
             if want < min(options.batch_size, target):
                 await self._sleep(None)  # woken when held jobs are settled
@@ -119,8 +129,13 @@ class ClaimAdapter(Adapter):
                 continue
             own_seen = False
             for job in jobs:
-                own_seen = own_seen or job.receipt.key in self._own
-                engine.deliver(job)
+                lease: Lease = job.receipt
+                own_seen = own_seen or lease.key in self._own
+                if lease.recovered >= _SUSPECT_AFTER and not draining:
+                    self._held[lease.key] = job  # its lease is renewed while it waits
+                    self._suspects.append(job)
+                else:
+                    engine.deliver(job)
             if draining and not own_seen:
                 break  # our remaining jobs are behind other work, delayed, or leased elsewhere
             if len(jobs) < want:
@@ -129,6 +144,25 @@ class ClaimAdapter(Adapter):
             else:
                 idle = _MIN_IDLE
         self._let_go_of_queued()
+
+    async def _isolate_next(self) -> None:
+        """Run suspects (jobs whose consumer died with them before) one per batch, alone.
+
+        A job that crashes its worker would otherwise take its batch-mates' attempts with
+        it, every time, until they were all dead-lettered together.
+        """
+        if self._isolating is None and len(self._held) == len(self._suspects):  # nothing else here
+            job = self._suspects.popleft()
+            self._isolating = job.receipt.key
+            self.engine.deliver(job)
+        await self._sleep(None)  # woken when jobs are settled
+
+    def _release_suspects(self) -> None:
+        while self._suspects:
+            job = self._suspects.popleft()
+            self._held.pop(job.receipt.key, None)
+            self._releases.append(job)
+            self._schedule_write()
 
     async def _sleep(self, timeout: float | None) -> None:
         try:
@@ -163,7 +197,7 @@ class ClaimAdapter(Adapter):
     def retry(self, job: Job[Any], delay: float) -> None:
         """Store the retry delay in the queue and end the lease; the job leaves this process."""
         lease: Lease = job.receipt
-        self._held.pop(lease.key, None)
+        self._settled(lease.key)
         own = self._own.get(lease.key)
         if own is not None:
             own.counted, own.queued = False, True
@@ -176,7 +210,7 @@ class ClaimAdapter(Adapter):
         lease = job.receipt
         if not isinstance(lease, Lease):  # never reached the queue (its enqueue failed)
             return
-        self._held.pop(lease.key, None)
+        self._settled(lease.key)
         self._own.pop(lease.key, None)
         if error is None:
             self._acks.append(job)
@@ -192,6 +226,11 @@ class ClaimAdapter(Adapter):
             self._dead.append((job, _describe(error)))
         self._schedule_write()
         self._wake.set()  # room to claim more
+
+    def _settled(self, key: str) -> None:
+        self._held.pop(key, None)
+        if key == self._isolating:
+            self._isolating = None
 
     def abandon(self) -> list[Job[Any]]:
         self._let_go_of_queued()
@@ -260,6 +299,7 @@ class ClaimAdapter(Adapter):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._release_suspects()
         await self._write_all()
         for own in self._own.values():
             self._fail_handle(own.job)

@@ -15,6 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run a live demo on the in-memory queue")
     demo.add_argument("--jobs", type=int, default=60, help="how many jobs to submit (default 60)")
     demo.add_argument("--seed", type=int, default=7, help="random seed of the arrival pattern")
+    from ._worker import add_commands  # worker, enqueue, stats, dead-letters
+
+    add_commands(commands)
     return parser
 
 
@@ -25,6 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._demo import run_demo
 
         return run_demo(jobs=args.jobs, seed=args.seed)
+    if getattr(args, "handler", None) is not None:
+        from ._worker import run
+
+        return run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands first
 
 
