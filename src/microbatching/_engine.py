@@ -21,7 +21,7 @@ from ._batch import Batch, check_results
 from ._events import EventEmitter
 from ._job import Job
 from ._options import Options, resolve_processor
-from ._stats import Stats
+from ._stats import Recorder, Stats
 from .errors import BatchTimeoutError, JobCancelledError, JobFailedError, ShutdownError
 
 __all__ = ["Adapter", "Engine"]
@@ -125,6 +125,7 @@ class Engine:
         }
         self._triggers = {"size": 0, "time": 0, "weight": 0, "shutdown": 0}
         self._in_flight = 0
+        self.recorder = Recorder()  # per-batch statistics, read by stats() and exporters
         adapter.attach(self)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -287,12 +288,14 @@ class Engine:
         except BaseException as exc:
             error = exc
         finally:
+            ended = self._loop.time()
             self._in_flight -= len(jobs)
             self._running -= 1
         if error is None:
             self._settle(batch, jobs, results)
         else:
             self._fail_batch(batch, jobs, error)
+        self.recorder.record(batch, jobs, results, ended, error)
         self._pump()
         if self._is_async and isinstance(error, (KeyboardInterrupt, SystemExit)):
             raise error  # raised on the caller's loop: let it stop the program, jobs settled first
@@ -495,6 +498,13 @@ class Engine:
             waiting.append(job)
         self._retries.clear()
         waiting.extend(self._adapter.abandon())
+        if waiting or self._in_flight:
+            logger.warning(
+                "shutdown abandons %d waiting and %d running jobs",
+                len(waiting),
+                self._in_flight,
+                extra={"abandoned_waiting": len(waiting), "abandoned_running": self._in_flight},
+            )
         for job in waiting:
             self.fail_for_good(job, JobCancelledError("job abandoned at shutdown"))
         for task in self._tasks:
@@ -513,4 +523,5 @@ class Engine:
             retrying=len(self._retries),
             batches=sum(self._triggers.values()),
             batches_by_trigger=dict(self._triggers),
+            **self.recorder.summaries(),
         )

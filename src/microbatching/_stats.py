@@ -1,19 +1,80 @@
-"""The statistics snapshot."""
+"""The statistics snapshot, and the per-batch recorder behind its distributions.
+
+The recorder is always on, so it is built to cost nothing per job: the engine calls
+:meth:`Recorder.record` once per batch, which stores one small tuple in a bounded ring
+(plus, only when an exporter asked for them, a few cumulative histogram buckets).
+Percentiles are computed when somebody calls ``stats()``, never on the hot path.
+"""
 
 from __future__ import annotations
 
+import logging
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypedDict
 
-__all__ = ["Stats"]
+from .errors import BatchTimeoutError
+
+if TYPE_CHECKING:
+    from ._batch import Batch
+    from ._job import Job
+
+__all__ = ["DEFAULT_WINDOW", "BatchRecord", "Histogram", "Recorder", "Stats", "Summary"]
+
+logger = logging.getLogger("microbatching")
+
+#: How many of the most recent batches the distributions in :class:`Stats` cover.
+DEFAULT_WINDOW = 1024
+#: Jobs sampled per batch for the queue-wait estimate: the oldest, the newest, three between.
+_WAIT_SAMPLES = 5
+
+#: Bucket bounds of the cumulative histograms that exporters (Prometheus) read.
+SIZE_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+SECONDS_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A distribution over the sliding window: how many values, their mean, extremes and percentiles.
+
+    All fields are ``0`` when ``count`` is ``0`` (nothing recorded yet).
+    """
+
+    count: int = 0
+    mean: float = 0.0
+    min: float = 0.0
+    max: float = 0.0
+    p50: float = 0.0
+    p90: float = 0.0
+    p99: float = 0.0
 
 
 @dataclass(frozen=True)
 class Stats:
-    """A snapshot of a batcher's counters, taken by ``stats()``.
+    """A snapshot of a batcher's counters and recent distributions, taken by ``stats()``.
 
-    ``pending`` counts accepted jobs not yet final: ``buffered`` (waiting for a batch),
-    ``in_flight`` (in a running batch), ``retrying`` (waiting out a retry delay), plus any
-    held inside a user-supplied queue.
+    Counters run from the start: ``submitted``, ``completed``, ``failed`` (final failures),
+    ``retried`` (retries scheduled), ``cancelled`` (by their submitter before their batch
+    started), ``processor_errors`` (batches whose processor raised, timed out or returned
+    the wrong number of results) and ``batches`` (dispatched, by trigger in
+    ``batches_by_trigger``: ``size``, ``time``, ``weight``, ``shutdown``).
+
+    Gauges are the state right now: ``pending`` counts accepted jobs not yet final:
+    ``buffered`` (waiting for a batch), ``in_flight`` (in a running batch), ``retrying``
+    (waiting out a retry delay), plus any held inside a user-supplied queue.
+
+    Distributions cover the last ``window_batches`` batches (at most
+    :data:`DEFAULT_WINDOW`): ``batch_size`` (jobs per batch), ``queue_wait`` (seconds from
+    a job being ready, at submit or when its retry delay ended, to the start of its
+    batch, per job), ``processing_time`` (seconds the processor took, per batch) and
+    ``throughput`` (jobs per second over the window).  ``queue_wait`` is estimated from up
+    to five jobs per batch (the oldest, the newest and three between, each standing for
+    its share of the batch), so recording it costs nothing per job; its ``max`` (the
+    oldest job's wait) is exact.
     """
 
     submitted: int = 0
@@ -28,3 +89,244 @@ class Stats:
     retrying: int = 0
     batches: int = 0
     batches_by_trigger: dict[str, int] = field(default_factory=dict)
+    batch_size: Summary = Summary()
+    queue_wait: Summary = Summary()
+    processing_time: Summary = Summary()
+    throughput: float = 0.0
+    window_batches: int = 0
+
+
+class WindowSummaries(TypedDict):
+    """The windowed part of :class:`Stats`, as the recorder computes it."""
+
+    batch_size: Summary
+    queue_wait: Summary
+    processing_time: Summary
+    throughput: float
+    window_batches: int
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """What observers learn about one finished batch.
+
+    ``waits`` are the queue waits of up to five sampled jobs, oldest first; ``error`` is
+    the exception that failed the whole batch, or ``None`` (some jobs may still have
+    failed one by one: ``failed_jobs``).
+    """
+
+    batch: Batch
+    size: int
+    started_at: float
+    ended_at: float
+    waits: tuple[float, ...]
+    error: BaseException | None
+    failed_jobs: int
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the processor call to its return (or failure)."""
+        return self.ended_at - self.started_at
+
+
+class Histogram:
+    """A cumulative histogram with fixed bucket bounds, as Prometheus exposes one."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last is the +Inf overflow
+        self.count = 0
+        self.sum = 0.0
+
+    def add(self, value: float, times: int = 1) -> None:
+        """Count ``value`` ``times`` times."""
+        self.counts[bisect_left(self.bounds, value)] += times
+        self.count += times
+        self.sum += value * times
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper bound, observations <= bound)`` pairs, ending with ``(inf, count)``."""
+        counts = list(self.counts)  # one C-level copy: safe against a concurrent add
+        out, running = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
+
+
+class Histograms:
+    """The cumulative histograms exporters read: batch size, queue wait, processing time."""
+
+    __slots__ = ("batch_size", "processing_time", "queue_wait")
+
+    def __init__(self) -> None:
+        self.batch_size = Histogram(SIZE_BUCKETS)
+        self.queue_wait = Histogram(SECONDS_BUCKETS)
+        self.processing_time = Histogram(SECONDS_BUCKETS)
+
+
+# One recorded batch: (size, started_at, ended_at, sampled waits).
+_Entry = tuple[int, float, float, tuple[float, ...]]
+
+
+class Recorder:
+    """Keeps the last ``window`` batches and feeds observers; one per engine."""
+
+    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
+        self._entries: deque[_Entry] = deque(maxlen=window)
+        #: Called with a :class:`BatchRecord` after each batch (exporters subscribe here).
+        self.observers: tuple[Callable[[BatchRecord], None], ...] = ()
+        self.histograms: Histograms | None = None
+
+    def enable_histograms(self) -> Histograms:
+        """Start keeping cumulative histograms (from now on) and return them."""
+        if self.histograms is None:
+            self.histograms = Histograms()
+        return self.histograms
+
+    def subscribe(self, observer: Callable[[BatchRecord], None]) -> None:
+        """Call ``observer`` with a :class:`BatchRecord` after every batch."""
+        self.observers = (*self.observers, observer)
+
+    def unsubscribe(self, observer: Callable[[BatchRecord], None]) -> None:
+        """Stop calling ``observer`` (unknown observers are ignored)."""
+        self.observers = tuple(o for o in self.observers if o is not observer)
+
+    def record(
+        self,
+        batch: Batch,
+        jobs: list[Job[Any]],
+        results: Sequence[Any],
+        ended: float,
+        error: BaseException | None,
+    ) -> None:
+        """One batch finished (called by the engine once per batch, on the loop thread)."""
+        size = len(jobs)
+        started = batch.started_at
+        if not size or started is None:
+            return
+        if size <= _WAIT_SAMPLES:
+            waits = tuple(started - job._ready_at for job in jobs)
+        else:
+            last, steps = size - 1, _WAIT_SAMPLES - 1
+            waits = tuple(started - jobs[last * i // steps]._ready_at for i in range(_WAIT_SAMPLES))
+        self._entries.append((size, started, ended, waits))
+        if self.histograms is not None:
+            self._add_to_histograms(self.histograms, size, ended - started, waits)
+        if error is not None and isinstance(error, BatchTimeoutError):
+            logger.warning("%s", error, extra=_fields(batch, size, started, ended, waits, error))
+        elif logger.isEnabledFor(logging.DEBUG):
+            _log_batch(batch, size, started, ended, waits, error)
+        if self.observers:
+            failed = size if error is not None else sum(isinstance(r, Exception) for r in results)
+            self._notify(BatchRecord(batch, size, started, ended, waits, error, failed))
+
+    @staticmethod
+    def _add_to_histograms(h: Histograms, size: int, duration: float, waits: tuple[float, ...]) -> None:
+        h.batch_size.add(size)
+        h.processing_time.add(duration)
+        share, extra = divmod(size, len(waits))
+        for i, wait in enumerate(waits):
+            h.queue_wait.add(wait, share + (i < extra))
+
+    def _notify(self, record: BatchRecord) -> None:
+        for observer in self.observers:
+            _call_observer(observer, record)
+
+    def summaries(self) -> WindowSummaries:
+        """Percentiles over the window, computed now."""
+        entries = list(self._entries)  # one C-level copy: safe against a concurrent append
+        if not entries:
+            empty = Summary()
+            return WindowSummaries(
+                batch_size=empty, queue_wait=empty, processing_time=empty, throughput=0.0, window_batches=0
+            )
+        sizes = [float(e[0]) for e in entries]
+        waits: list[tuple[float, float]] = []
+        for size, _, _, sampled in entries:
+            weight = size / len(sampled)
+            waits.extend((wait, weight) for wait in sampled)
+        span = max(e[2] for e in entries) - entries[0][1]
+        return WindowSummaries(
+            batch_size=summarize([(s, 1.0) for s in sizes]),
+            queue_wait=summarize(waits),
+            processing_time=summarize([(e[2] - e[1], 1.0) for e in entries]),
+            throughput=sum(sizes) / span if span > 0 else 0.0,
+            window_batches=len(entries),
+        )
+
+
+def _call_observer(observer: Callable[[BatchRecord], None], record: BatchRecord) -> None:
+    try:
+        observer(record)
+    except Exception:  # an exporter's bug must never reach the engine
+        logger.exception("a stats observer raised", extra={"batch_id": record.batch.id})
+
+
+def summarize(weighted: list[tuple[float, float]]) -> Summary:
+    """The :class:`Summary` of ``(value, weight)`` pairs (weighted nearest-rank percentiles)."""
+    if not weighted:
+        return Summary()
+    weighted.sort()
+    total = sum(w for _, w in weighted)
+    marks = {50: 0.0, 90: 0.0, 99: 0.0}
+    pending = sorted(marks)
+    running = 0.0
+    for value, weight in weighted:
+        running += weight
+        while pending and running >= total * pending[0] / 100 - 1e-9:
+            marks[pending.pop(0)] = value
+        if not pending:
+            break
+    return Summary(
+        count=round(total),
+        mean=sum(v * w for v, w in weighted) / total,
+        min=weighted[0][0],
+        max=weighted[-1][0],
+        p50=marks[50],
+        p90=marks[90],
+        p99=marks[99],
+    )
+
+
+def _fields(
+    batch: Batch,
+    size: int,
+    started: float,
+    ended: float,
+    waits: tuple[float, ...],
+    error: BaseException | None,
+) -> dict[str, Any]:
+    """The structured ``extra`` of a batch's log line: numbers and names, never job data."""
+    return {
+        "batch_id": batch.id,
+        "batch_size": size,
+        "trigger": batch.trigger,
+        "duration_s": round(ended - started, 6),
+        "max_queue_wait_s": round(max(waits), 6),
+        "error_type": None if error is None else type(error).__name__,
+    }
+
+
+def _log_batch(
+    batch: Batch,
+    size: int,
+    started: float,
+    ended: float,
+    waits: tuple[float, ...],
+    error: BaseException | None,
+) -> None:
+    fields = _fields(batch, size, started, ended, waits, error)
+    outcome = "done" if error is None else f"failed ({fields['error_type']})"
+    logger.debug(
+        "batch %d %s: %d jobs, trigger=%s, %.2f ms, oldest waited %.2f ms",
+        batch.id,
+        outcome,
+        size,
+        batch.trigger,
+        fields["duration_s"] * 1e3,
+        fields["max_queue_wait_s"] * 1e3,
+        extra=fields,
+    )
