@@ -132,8 +132,7 @@ class ClaimAdapter(Adapter):
                 lease: Lease = job.receipt
                 own_seen = own_seen or lease.key in self._own
                 if lease.recovered >= _SUSPECT_AFTER and not draining:
-                    self._held[lease.key] = job  # its lease is renewed while it waits
-                    self._suspects.append(job)
+                    self._park_suspect(job)
                 else:
                     engine.deliver(job)
             if draining and not own_seen:
@@ -156,6 +155,16 @@ class ClaimAdapter(Adapter):
             self._isolating = job.receipt.key
             self.engine.deliver(job)
         await self._sleep(None)  # woken when jobs are settled
+
+    def _park_suspect(self, job: Job[Any]) -> None:
+        # One suspect at a time: the others go straight back, their claim's attempt undone,
+        # so a job crashing the worker while they wait costs them nothing.
+        if self._suspects or self._isolating is not None:
+            self._releases.append(job)
+            self._schedule_write()
+        else:
+            self._held[job.receipt.key] = job  # its lease is renewed while it waits
+            self._suspects.append(job)
 
     def _release_suspects(self) -> None:
         while self._suspects:
