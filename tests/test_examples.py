@@ -1,0 +1,40 @@
+"""Each program in examples/ runs (in a subprocess, in its short ``--quick`` mode)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _run(name: str) -> str:
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), "--quick"], capture_output=True, text=True, timeout=55
+    )
+    assert out.returncode == 0, f"{name} failed:\n{out.stdout}\n{out.stderr[-3000:]}"
+    return out.stdout
+
+
+def test_sqlite_inserts_from_an_asyncio_service() -> None:
+    output = _run("sqlite_inserts.py")
+    assert "500 requests: 490 stored, 10 rejected; 490 rows in the table" in output
+    assert "transactions, batch size p50" in output
+
+
+def test_bulk_http_api_with_a_local_stand_in() -> None:
+    output = _run("bulk_http_api.py")
+    assert "200 lookups in" in output and "195 found, 5 not found" in output
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("numpy") is None,
+    reason="numpy is not installed: pip install -e '.[examples]'",
+)
+def test_model_inference_behind_the_decorator() -> None:
+    output = _run("model_inference.py")
+    assert "200 predictions in" in output and "same predictions" in output
