@@ -10,7 +10,7 @@ import pytest
 from conftest import double, vrun
 
 from microbatching import AsyncMicroBatching, Job, MicroBatching, RetryPolicy, Stats
-from microbatching._stats import DEFAULT_WINDOW, Histogram, Recorder, Summary, summarize
+from microbatching._stats import DEFAULT_WINDOW, Histogram, Recorder, Summary, summarize, summarize_window
 
 
 def test_stats_is_frozen_and_starts_empty() -> None:
@@ -101,7 +101,7 @@ def test_window_is_bounded() -> None:
     job._ready_at = 9.0
     for _ in range(5):
         recorder.record(FakeBatch(), [job], [1], 11.0, None)  # type: ignore[arg-type]
-    assert recorder.summaries()["window_batches"] == 3
+    assert len(recorder.summaries()["window"]) == 3
     assert DEFAULT_WINDOW >= 1000
 
 
@@ -115,7 +115,7 @@ def test_queue_wait_samples_large_batches_by_their_share() -> None:
     for i, job in enumerate(jobs):
         job._ready_at = 100.0 - (100 - i) * 0.01  # the oldest waited 1 s, the newest 0 s
     recorder.record(FakeBatch(), jobs, [0] * 101, 100.5, None)  # type: ignore[arg-type]
-    wait = recorder.summaries()["queue_wait"]
+    wait = summarize_window(recorder.summaries()["window"])["queue_wait"]
     assert wait.count == 101
     assert wait.max == pytest.approx(1.0)
     assert wait.min == pytest.approx(0.0)
@@ -168,3 +168,20 @@ def test_sync_stats_from_another_thread_is_consistent() -> None:
     assert stats.queue_wait.count == 500
     assert stats.processing_time.max >= stats.processing_time.p50 >= 0
     assert stats.throughput > 0
+
+
+def test_distributions_are_computed_on_first_read_and_exported_by_as_dict() -> None:
+    async def main() -> Stats:
+        mb = AsyncMicroBatching(None, double, batch_size=2)
+        await asyncio.gather(*(mb.submit_job_nowait(Job(i, i)) for i in range(4)))
+        await mb.shutdown()
+        return mb.stats()
+
+    stats = vrun(main())
+    assert "_summaries" not in stats.__dict__  # nothing computed by stats() itself
+    assert stats.batch_size.p50 == 2
+    assert "_summaries" in stats.__dict__
+    data = stats.as_dict()
+    assert data["completed"] == 4 and data["batch_size"]["count"] == 2 and data["window_batches"] == 2
+    assert "window" not in data
+    assert "queue_wait=Summary(count=4" in repr(stats)

@@ -12,7 +12,8 @@ import logging
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from .errors import BatchTimeoutError
@@ -37,6 +38,10 @@ SECONDS_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 
+# One recorded batch: (size, started_at, ended_at, sampled waits).
+_Entry = tuple[int, float, float, tuple[float, ...]]
+
+
 @dataclass(frozen=True)
 class Summary:
     """A distribution over the sliding window: how many values, their mean, extremes and percentiles.
@@ -53,7 +58,7 @@ class Summary:
     p99: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Stats:
     """A snapshot of a batcher's counters and recent distributions, taken by ``stats()``.
 
@@ -89,21 +94,70 @@ class Stats:
     retrying: int = 0
     batches: int = 0
     batches_by_trigger: dict[str, int] = field(default_factory=dict)
-    batch_size: Summary = Summary()
-    queue_wait: Summary = Summary()
-    processing_time: Summary = Summary()
-    throughput: float = 0.0
-    window_batches: int = 0
+    #: The raw per-batch records the distributions are computed from (on first access).
+    window: tuple[tuple[int, float, float, tuple[float, ...]], ...] = field(default=(), repr=False)
+
+    @cached_property
+    def _summaries(self) -> WindowSummaries:
+        return summarize_window(self.window)
+
+    @property
+    def batch_size(self) -> Summary:
+        """Jobs per batch, over the window."""
+        return self._summaries["batch_size"]
+
+    @property
+    def queue_wait(self) -> Summary:
+        """Seconds from a job being ready to its batch starting, per job (estimated), over the window."""
+        return self._summaries["queue_wait"]
+
+    @property
+    def processing_time(self) -> Summary:
+        """Seconds the processor took per batch, over the window."""
+        return self._summaries["processing_time"]
+
+    @property
+    def throughput(self) -> float:
+        """Jobs per second over the window."""
+        return self._summaries["throughput"]
+
+    @property
+    def window_batches(self) -> int:
+        """How many recent batches the distributions cover."""
+        return len(self.window)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every counter, gauge and distribution as plain values (for JSON, say)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "window"}
+        out["batches_by_trigger"] = dict(self.batches_by_trigger)
+        for name in ("batch_size", "queue_wait", "processing_time"):
+            out[name] = asdict(getattr(self, name))
+        out["throughput"] = self.throughput
+        out["window_batches"] = self.window_batches
+        return out
+
+    def __repr__(self) -> str:
+        counters = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
+        return (
+            f"Stats({counters}, batch_size={self.batch_size!r}, queue_wait={self.queue_wait!r}, "
+            f"processing_time={self.processing_time!r}, throughput={self.throughput!r}, "
+            f"window_batches={self.window_batches})"
+        )
 
 
 class WindowSummaries(TypedDict):
-    """The windowed part of :class:`Stats`, as the recorder computes it."""
+    """The distributions of :class:`Stats`, computed from its window."""
 
     batch_size: Summary
     queue_wait: Summary
     processing_time: Summary
     throughput: float
-    window_batches: int
+
+
+class WindowCopy(TypedDict):
+    """What the recorder adds to a :class:`Stats` snapshot: a copy of its window."""
+
+    window: tuple[_Entry, ...]
 
 
 @dataclass(frozen=True)
@@ -165,10 +219,6 @@ class Histograms:
         self.batch_size = Histogram(SIZE_BUCKETS)
         self.queue_wait = Histogram(SECONDS_BUCKETS)
         self.processing_time = Histogram(SECONDS_BUCKETS)
-
-
-# One recorded batch: (size, started_at, ended_at, sampled waits).
-_Entry = tuple[int, float, float, tuple[float, ...]]
 
 
 class Recorder:
@@ -235,27 +285,9 @@ class Recorder:
         for observer in self.observers:
             _call_observer(observer, record)
 
-    def summaries(self) -> WindowSummaries:
-        """Percentiles over the window, computed now."""
-        entries = list(self._entries)  # one C-level copy: safe against a concurrent append
-        if not entries:
-            empty = Summary()
-            return WindowSummaries(
-                batch_size=empty, queue_wait=empty, processing_time=empty, throughput=0.0, window_batches=0
-            )
-        sizes = [float(e[0]) for e in entries]
-        waits: list[tuple[float, float]] = []
-        for size, _, _, sampled in entries:
-            weight = size / len(sampled)
-            waits.extend((wait, weight) for wait in sampled)
-        span = max(e[2] for e in entries) - entries[0][1]
-        return WindowSummaries(
-            batch_size=summarize([(s, 1.0) for s in sizes]),
-            queue_wait=summarize(waits),
-            processing_time=summarize([(e[2] - e[1], 1.0) for e in entries]),
-            throughput=sum(sizes) / span if span > 0 else 0.0,
-            window_batches=len(entries),
-        )
+    def summaries(self) -> WindowCopy:
+        """A copy of the window for a :class:`Stats` snapshot (its percentiles are computed on first read)."""
+        return WindowCopy(window=tuple(self._entries))  # one C-level copy: safe against a concurrent append
 
 
 def _call_observer(observer: Callable[[BatchRecord], None], record: BatchRecord) -> None:
@@ -263,6 +295,25 @@ def _call_observer(observer: Callable[[BatchRecord], None], record: BatchRecord)
         observer(record)
     except Exception:  # an exporter's bug must never reach the engine
         logger.exception("a stats observer raised", extra={"batch_id": record.batch.id})
+
+
+def summarize_window(entries: Sequence[_Entry]) -> WindowSummaries:
+    """Percentiles of batch size, queue wait and processing time over ``entries``."""
+    if not entries:
+        empty = Summary()
+        return WindowSummaries(batch_size=empty, queue_wait=empty, processing_time=empty, throughput=0.0)
+    waits: list[tuple[float, float]] = []
+    for size, _, _, sampled in entries:
+        weight = size / len(sampled)
+        waits.extend((wait, weight) for wait in sampled)
+    span = max(e[2] for e in entries) - entries[0][1]
+    total = sum(e[0] for e in entries)
+    return WindowSummaries(
+        batch_size=summarize([(float(e[0]), 1.0) for e in entries]),
+        queue_wait=summarize(waits),
+        processing_time=summarize([(e[2] - e[1], 1.0) for e in entries]),
+        throughput=total / span if span > 0 else 0.0,
+    )
 
 
 def summarize(weighted: list[tuple[float, float]]) -> Summary:
