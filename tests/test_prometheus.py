@@ -144,3 +144,39 @@ def test_serve_uses_a_free_port_and_closes() -> None:
         assert response.status == 200
     server.close()
     server.close()  # idempotent
+
+
+def test_worker_serves_metrics_on_metrics_port(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+    import socket
+    import time
+
+    from microbatching.cli import main
+
+    (tmp_path / "procs.py").write_text("def echo(jobs):\n    return [job.data for job in jobs]\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["enqueue", "1", "2", "3"]) == 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "microbatching", "worker", "procs:echo", "--batch-interval", "0.01",
+         "--metrics-port", str(port), "--metrics-addr", "127.0.0.1", "--quiet"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    body, deadline = "", time.monotonic() + 30
+    try:
+        while 'outcome="completed"} 3.0' not in body and time.monotonic() < deadline:
+            time.sleep(0.1)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                    body = response.read().decode()
+            except OSError:
+                continue
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert 'microbatching_jobs_total{batcher="worker",outcome="completed"} 3.0' in body, err.decode()
+    assert process.returncode == 0, err.decode()
+    assert os.path.exists(tmp_path / "microbatching.db")

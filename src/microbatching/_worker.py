@@ -91,6 +91,11 @@ def add_commands(commands: Any) -> None:
     worker.add_argument("--log-interval", type=float, default=10.0, metavar="S",
                         help="seconds between progress lines when not on a terminal (default 10)")
     worker.add_argument("--quiet", action="store_true", help="no progress output, only warnings")
+    worker.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve Prometheus metrics at http://ADDR:PORT/metrics "
+                             "(needs microbatching[prometheus])")
+    worker.add_argument("--metrics-addr", default="0.0.0.0", metavar="ADDR",
+                        help="address of the metrics server (default 0.0.0.0: every interface)")
     worker.set_defaults(handler=run_worker)
 
     enqueue = commands.add_parser("enqueue", help="add jobs to a durable queue",
@@ -342,6 +347,7 @@ async def _work(args: argparse.Namespace, processor: object, queue: ClaimQueue) 
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     mb.start()
+    metrics = _serve_metrics(args, mb)
     logger.info("worker %d started: %s on %s, batch_size=%d, batch_interval=%ss, concurrency=%d, "
                 "max_attempts=%d, lease=%ss", os.getpid(), args.processor, redact(args.queue),
                 args.batch_size, args.batch_interval, args.concurrency, args.max_attempts, args.lease)
@@ -356,11 +362,24 @@ async def _work(args: argparse.Namespace, processor: object, queue: ClaimQueue) 
         watcher.cancel()
     await asyncio.gather(*watchers, return_exceptions=True)
     progress.final()
+    if metrics is not None:
+        metrics.close()
     timed_out = args.drain_timeout is not None and time.monotonic() - started >= args.drain_timeout
     if timed_out:
         logger.warning("drain timeout: unfinished jobs were given back to the queue")
         return EXIT_DRAIN_TIMEOUT
     return EXIT_OK
+
+
+def _serve_metrics(args: argparse.Namespace, mb: AsyncMicroBatching) -> Any:
+    """With ``--metrics-port``, serve the batcher's Prometheus metrics; returns the server or None."""
+    if getattr(args, "metrics_port", None) is None:
+        return None
+    try:
+        from .metrics.prometheus import start_metrics_server
+    except ImportError as exc:  # the message names the extra to install
+        raise UsageError(f"--metrics-port: {exc}") from None
+    return start_metrics_server(args, mb)
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
