@@ -53,6 +53,8 @@ class Comparison:
             medians = {metric: self.median(impl, metric) for metric in runs[0]}
             if "jobs_per_s" in runs[0] and self.baseline in self.runs:
                 medians["ratio"] = self.ratio(impl)
+            if "cpu_jobs_per_s" in runs[0] and self.baseline in self.runs:
+                medians["cpu_ratio"] = self.ratio(impl, "cpu_jobs_per_s")
             out["impls"][impl] = medians
         out["notes"] = self.notes
         return out
@@ -75,6 +77,7 @@ def run_alternating(
 _COLUMNS = [
     ("jobs_per_s", "jobs/s", "{:,.0f}"),
     ("ratio", "ratio", "{:.2f}x"),
+    ("cpu_ratio", "cpu ratio", "{:.2f}x"),
     ("p50_ms", "p50 ms", "{:.2f}"),
     ("p99_ms", "p99 ms", "{:.2f}"),
     ("mean_batch", "batch", "{:.1f}"),

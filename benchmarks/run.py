@@ -86,8 +86,12 @@ def bench_fan_in(sizes: Sizes, repeats: int) -> Comparison:
 
 def bench_bulk(sizes: Sizes, repeats: int) -> Comparison:
     args = (sizes.bulk_jobs, BATCH_SIZE, INTERVAL)
-    impls = {"ours": _run(w.bulk_ours, *args), "reference": _run(w.bulk_reference, *args)}
-    notes: list[str] = []
+    impls = {
+        "ours": _run(w.bulk_ours, *args),
+        "reference": _run(w.bulk_reference, *args),
+        "reference+Job": _run(w.bulk_reference_jobs, *args),
+    }
+    notes = ["reference+Job: the reference fed Job objects (the cost of one more object per job)"]
     _with_peer(impls, _run(w.bulk_aiodataloader, *args), notes)
     result = run_alternating("bulk", impls, repeats, "reference")
     result.notes += notes
