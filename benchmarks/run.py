@@ -209,6 +209,33 @@ BENCHES: dict[str, Callable[[Sizes, int], Comparison]] = {
 }
 
 
+def _source_version() -> str:
+    """The commit of the library being measured, with ``-dirty`` if its sources have local edits."""
+    package = os.path.dirname(os.path.abspath(microbatching.__file__))
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--exclude", "*"],
+            cwd=package,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        described = out.stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."],
+            cwd=package,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except OSError:
+        return "unknown"
+    if not described:
+        return "not a git checkout"
+    commit = described.removesuffix("-dirty")
+    return commit + (" + uncommitted edits in src/microbatching" if status.stdout.strip() else "")
+
+
 def verdicts(summaries: dict[str, dict[str, Any]]) -> list[str]:
     """The issue-4 targets, each marked as holding or not in this run."""
     lines = []
@@ -283,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         f"microbatching {microbatching.__version__}, Python {platform.python_version()} "
         f"({platform.python_implementation()}), {platform.machine()}, {os.cpu_count()} CPUs; "
         f"{'QUICK (no speed judged)' if args.quick else 'full'}; repeats={repeats}; "
-        f"batch_size={BATCH_SIZE}, interval={INTERVAL * 1e3:g} ms"
+        f"batch_size={BATCH_SIZE}, interval={INTERVAL * 1e3:g} ms; library at {_source_version()}"
     )
     summaries: dict[str, dict[str, Any]] = {}
     for name in args.only or WORKLOADS:
