@@ -33,30 +33,41 @@ class AsyncMicroBatching(BatcherBase):
             return
         self._refuse_if_closed()
         self._loop = asyncio.get_running_loop()
-        self._now = self._loop.time
+        self._create_future = self._loop.create_future
         self._room_waiters = deque()
         if self.options.max_pending is not None:
             self._engine.on_final = self._room_freed
         self._engine.bind(self._loop)
+        self._now = self._engine.now
+        self._admit = self._engine.admit
         self._state = State.RUNNING
+        # Only a bounded or encoding batcher needs checks on every submit.
+        self._guarded = self.options.max_pending is not None or self._prepare is not None
         self._engine._adapter.start()
 
     def submit_job_nowait(self, job: Job[Any]) -> asyncio.Future[Any]:
         """Accept ``job`` and return its future; raises ``QueueFullError`` at ``max_pending``."""
+        handle = job._handle
+        if handle is not None and not handle.done():
+            raise ValueError(f"{job!r} is already submitted and not finished")
+        if self._guarded:
+            self._check_admission(job)
+        future = self._create_future()
+        job._handle = future
+        job._submitted_at = job._ready_at = self._now()
+        self._admit(job)
+        return future
+
+    def _check_admission(self, job: Job[Any]) -> None:
+        """The checks a plain running batcher can skip: lifecycle, ``max_pending``, encoding."""
         if self._state is not State.RUNNING:
             self.start()
-        engine = self._engine
-        if engine.pending >= self._limit:
-            raise QueueFullError(f"{engine.pending} jobs pending, max_pending={self.options.max_pending}")
-        if job._handle is not None and not job._handle.done():
-            raise ValueError(f"{job!r} is already submitted and not finished")
+        if self._engine.pending >= self._limit:
+            raise QueueFullError(
+                f"{self._engine.pending} jobs pending, max_pending={self.options.max_pending}"
+            )
         if self._prepare is not None:
             self._prepare(job)
-        future = self._loop.create_future()
-        job._handle = future
-        job.submitted_at = job._ready_at = self._now()
-        engine.admit(job)
-        return future
 
     async def submit_job(self, job: Job[Any], timeout: float | None = None) -> asyncio.Future[Any]:
         """Wait (up to ``timeout`` seconds) for room under ``max_pending``, then submit ``job``."""
@@ -104,6 +115,7 @@ class AsyncMicroBatching(BatcherBase):
             return
         if self._state is State.RUNNING:
             self._state = State.CLOSING
+            self._guarded = True
             for waiter in self._room_waiters:  # blocked submitters learn of the shutdown
                 if not waiter.done():
                     waiter.set_result(None)

@@ -63,6 +63,10 @@ class BatcherBase(EventEmitter):
         self._prepare = None if type(adapter) is Adapter else adapter.prepare
         self._limit: float = float("inf") if max_pending is None else max_pending
         self._state = State.NEW
+        self._guarded = True  # submits go through the full checks until started
+
+    def _listeners_changed(self) -> None:
+        self._engine.announce_added = "job_added" in self._handlers
 
     @property
     def state(self) -> State:

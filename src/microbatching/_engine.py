@@ -13,6 +13,7 @@ import concurrent.futures
 import inspect
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -87,6 +88,17 @@ class Adapter:
 class Engine:
     """Batches accepted jobs and runs them through the processor."""
 
+    # Slots: the per-job path reads a few of these for every job, and slot reads are the
+    # fastest attribute access CPython has.
+    __slots__ = (
+        "_abandoning", "_adapter", "_batch_size", "_closed", "_counts", "_drain_task",
+        "_draining", "_emitter", "_enter", "_executor", "_func", "_idle", "_in_flight",
+        "_inbox", "_inbox_scheduled", "_interval", "_is_async", "_loop", "_max_weight",
+        "_open", "_ready", "_retries", "_running", "_tasks", "_thread_id", "_timer",
+        "_triggers", "_weigh", "accept", "admit", "announce_added", "now", "on_final",
+        "options", "pending", "recorder", "wrap_errors",
+    )  # fmt: skip
+
     def __init__(self, options: Options, processor: object, emitter: EventEmitter, adapter: Adapter) -> None:
         self.options = options
         self._func, self._is_async = resolve_processor(processor)
@@ -116,7 +128,6 @@ class Engine:
         self.wrap_errors = True
         self.pending = 0
         self._counts = {
-            "submitted": 0,
             "completed": 0,
             "failed": 0,
             "retried": 0,
@@ -126,12 +137,27 @@ class Engine:
         self._triggers = {"size": 0, "time": 0, "weight": 0, "shutdown": 0}
         self._in_flight = 0
         self.recorder = Recorder()  # per-batch statistics, read by stats() and exporters
+        # Bound once, so the per-job path makes no choice it could make here.
+        self.accept: Callable[[Job[Any]], None] = (
+            self._accept_plain if self._weigh is None else self._accept_weighed
+        )
+        self._enter = adapter.admit
+        if type(adapter) is Adapter and self._weigh is None:
+            self.admit = self._admit_direct
+        else:
+            self.admit = self._admit_via_adapter
+        #: Whether anyone listens to job_added: the batcher updates it as listeners change,
+        #: so the per-job path reads one slot instead of looking the event up.
+        self.announce_added = False
         adapter.attach(self)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run on ``loop`` from now on (called once, by the batcher's start)."""
         self._loop = loop
-        self._now = loop.time
+        # The loop's own clock, read without a Python-level call when it is the stock
+        # monotonic one (a custom loop, like a test's virtual clock, keeps its own).
+        default_clock = type(loop).time is asyncio.BaseEventLoop.time
+        self.now: Callable[[], float] = time.monotonic if default_clock else loop.time
         self._thread_id = threading.get_ident()
 
     @property
@@ -141,13 +167,27 @@ class Engine:
 
     # -- admission -------------------------------------------------------------------------
 
-    def admit(self, job: Job[Any]) -> None:
-        """A newly submitted job: count it, announce it, hand it to the queue (loop thread)."""
+    def _admit_via_adapter(self, job: Job[Any]) -> None:
+        """``admit``: a newly submitted job is counted, announced and handed to the queue."""
         self.pending += 1
-        self._counts["submitted"] += 1
-        if self._emitter._handlers.get("job_added"):
+        if self.announce_added:
             self._emitter.emit("job_added", job)
-        self._adapter.admit(job)
+        self._enter(job)
+
+    def _admit_direct(self, job: Job[Any]) -> None:
+        """``admit`` for the in-memory queue: the same, with ``_accept_plain`` written inline.
+
+        This is the hot path of every submit; saving the one call is worth its four lines.
+        """
+        self.pending += 1
+        if self.announce_added:
+            self._emitter.emit("job_added", job)
+        jobs = self._open.jobs
+        jobs.append(job)
+        if len(jobs) == 1:
+            self._opened(job)
+        if len(jobs) >= self._batch_size:
+            self._close("size")
 
     def admit_threadsafe(self, job: Job[Any]) -> None:
         """``admit(job)`` from any thread (refused once shutdown has begun)."""
@@ -184,9 +224,8 @@ class Engine:
         own = self._adapter.delivered(job)
         if own is None:  # submitted elsewhere: it becomes pending here
             self.pending += 1
-            self._counts["submitted"] += 1
             own = job
-        own._ready_at = self._now()
+        own._ready_at = self.now()
         self.accept(own)
 
     def _reject_late(self, job: Job[Any]) -> None:
@@ -198,11 +237,8 @@ class Engine:
 
     # -- buffering and triggers ------------------------------------------------------------
 
-    def accept(self, job: Job[Any]) -> None:
-        """Put a ready job into the open batch; dispatch on size, weight or at once when draining."""
-        if self._weigh is not None:
-            self._accept_weighed(job)
-            return
+    def _accept_plain(self, job: Job[Any]) -> None:
+        """``accept``: put a ready job into the open batch; dispatch on size, or at once when draining."""
         jobs = self._open.jobs
         jobs.append(job)
         if len(jobs) == 1:
@@ -211,6 +247,7 @@ class Engine:
             self._close("size")
 
     def _accept_weighed(self, job: Job[Any]) -> None:
+        """``accept`` with a weight limit: close the batch before it would grow too heavy."""
         try:
             weight = float(self._weigh(job))  # type: ignore[misc]
         except Exception as exc:
@@ -288,7 +325,7 @@ class Engine:
         except BaseException as exc:
             error = exc
         finally:
-            ended = self._loop.time()
+            ended = self.now()
             self._in_flight -= len(jobs)
             self._running -= 1
         if error is None:
@@ -302,19 +339,28 @@ class Engine:
 
     def _start_attempts(self, batch: Batch) -> list[Job[Any]]:
         """Count the attempt of each job; drop the ones whose handle was cancelled meanwhile."""
-        live = []
-        for job in batch.jobs:
+        live = batch.jobs
+        dropped = False
+        for job in live:
             handle = job._handle
             if handle is not None and handle.done():
-                self._counts["cancelled"] += 1
-                self._finalize(job, JobCancelledError("job cancelled by its submitter"), 1)
-                continue
+                dropped = True
             job.attempts += 1
-            live.append(job)
-        batch.started_at = self._now()
+        if dropped:
+            live = [job for job in live if not self._dropped_if_cancelled(job)]
+        batch.started_at = self.now()
         if self._emitter._handlers.get("batch_started"):
             self._emitter.emit("batch_started", batch)
         return live
+
+    def _dropped_if_cancelled(self, job: Job[Any]) -> bool:
+        handle = job._handle
+        if handle is None or not handle.done():
+            return False
+        job.attempts -= 1  # counted above, but never started
+        self._counts["cancelled"] += 1
+        self._finalize(job, JobCancelledError("job cancelled by its submitter"), 1)
+        return True
 
     async def _call(self, jobs: list[Job[Any]]) -> object:
         timeout = self.options.batch_timeout
@@ -419,7 +465,7 @@ class Engine:
 
     def _retry_ready(self, job: Job[Any]) -> None:
         del self._retries[job]
-        job._ready_at = self._now()  # its age for the time trigger starts again now
+        job._ready_at = self.now()  # its age for the time trigger starts again now
         self._adapter.requeue(job)
 
     def release(self, job: Job[Any]) -> None:
@@ -515,8 +561,11 @@ class Engine:
     def stats(self) -> Stats:
         """A consistent snapshot of the counters (call on the loop thread)."""
         buffered = len(self._open.jobs) + sum(len(batch.jobs) for batch in self._ready)
+        counts = self._counts
+        finals = counts["completed"] + counts["failed"] + counts["cancelled"]
         return Stats(
-            **self._counts,
+            submitted=self.pending + finals,
+            **counts,
             pending=self.pending,
             buffered=buffered,
             in_flight=self._in_flight,

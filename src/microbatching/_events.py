@@ -72,6 +72,7 @@ class EventEmitter:
         """Remove every handler of ``event``, or of every event."""
         if event is None:
             self._handlers = {}
+            self._listeners_changed()
         else:
             self._set(event, ())
 
@@ -131,6 +132,10 @@ class EventEmitter:
         else:
             updated.pop(event, None)
         self._handlers = updated
+        self._listeners_changed()
+
+    def _listeners_changed(self) -> None:
+        """Called after every change of listeners (subclasses cache what they need)."""
 
 
 class _Once:

@@ -27,16 +27,43 @@ class Job(Generic[T]):
     is opaque to users: a queue may keep its delivery data there (a lease token, say).
     """
 
-    __slots__ = ("_handle", "_id", "_ready_at", "attempts", "data", "receipt", "submitted_at")
+    # Only four slots are filled here: every filled slot costs the garbage collector a
+    # visit each time it scans the job, and bulk submits keep many jobs alive at once.
+    # ``_submitted_at``, ``_ready_at`` and ``_receipt`` are filled when used.
+    __slots__ = ("_handle", "_id", "_ready_at", "_receipt", "_submitted_at", "attempts", "data")
+
+    _ready_at: float
+    _submitted_at: float
 
     def __init__(self, id: Any = None, data: T = None) -> None:  # type: ignore[assignment]
         self._id = id
         self.data = data
         self.attempts = 0
-        self.submitted_at: float | None = None
-        self.receipt: Any = None
         self._handle: Any = None
-        self._ready_at = 0.0
+
+    @property
+    def submitted_at(self) -> float | None:
+        """Monotonic time of submission, or ``None`` before the job is submitted."""
+        try:
+            return self._submitted_at
+        except AttributeError:
+            return None
+
+    @submitted_at.setter
+    def submitted_at(self, value: float) -> None:
+        self._submitted_at = value
+
+    @property
+    def receipt(self) -> Any:
+        """Delivery data a queue keeps on the job (a lease token, say), or ``None``."""
+        try:
+            return self._receipt
+        except AttributeError:
+            return None
+
+    @receipt.setter
+    def receipt(self, value: Any) -> None:
+        self._receipt = value
 
     @property
     def id(self) -> Any:

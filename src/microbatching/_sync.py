@@ -95,7 +95,7 @@ class MicroBatching(BatcherBase):
                 self._refuse_if_closed()
         handle = JobResult(job)
         job._handle = handle
-        job.submitted_at = job._ready_at = time.monotonic()
+        job._submitted_at = job._ready_at = time.monotonic()
         self._engine.admit_threadsafe(job)
         return handle
 
