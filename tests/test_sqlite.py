@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from microbatching import AsyncMicroBatching, Job, JobCancelledError, MicroBatching, RetryPolicy
-from microbatching._serialization import PayloadTooLargeError, SerializationError
+from microbatching._serialization import JsonSerializer, PayloadTooLargeError, SerializationError
 from microbatching.errors import MicroBatchingError
 from microbatching.queues import SQLiteQueue
+from microbatching.queues import sqlite as sqlite_module
 
 
 def run(coroutine: Any) -> Any:
@@ -74,6 +75,16 @@ def test_the_file_is_in_wal_mode_with_the_tables(tmp_path: Path) -> None:
     conn.close()
 
 
+def test_finding_expired_last_attempts_reads_only_leased_jobs(tmp_path: Path) -> None:
+    # Every claim looks for them: a scan of all ready jobs made a 50,000-job drain quadratic.
+    path = tmp_path / "q.db"
+    run(stats_of(path))
+    conn = sqlite3.connect(path)
+    rows = conn.execute(f"EXPLAIN QUERY PLAN {sqlite_module._EXHAUSTED}", (0.0, 1)).fetchall()
+    conn.close()
+    assert "USING INDEX mb_jobs_leased" in " ".join(row[-1] for row in rows)
+
+
 def test_a_file_keeps_its_serializer(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
     run(stats_of(path))  # creates it, JSON
@@ -114,6 +125,14 @@ def test_json_is_the_default_and_refuses_before_storing(tmp_path: Path) -> None:
         assert mb.stats().submitted == 0
     stats = run(stats_of(tmp_path / "q.db"))
     assert (stats.pending, stats.done) == (0, 0)
+
+
+def test_json_reads_what_it_wrote_and_other_unicode_encodings() -> None:
+    serializer = JsonSerializer()
+    value = {"text": "h\u00e9llo \u2603", "n": [1, 2.5, None]}
+    assert serializer.dumps(value) == b'{"text":"h\xc3\xa9llo \xe2\x98\x83","n":[1,2.5,null]}'
+    assert serializer.loads(serializer.dumps(value)) == value
+    assert serializer.loads('["\u00e9"]'.encode("utf-16")) == ["\u00e9"]
 
 
 def test_payload_limit_is_configurable(tmp_path: Path) -> None:

@@ -45,16 +45,24 @@ class Serializer(Protocol):
         ...
 
 
+# Built once: json.dumps/loads with options build a new encoder or decoder on every call.
+_json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_json_decode = json.JSONDecoder().decode
+
+
 class JsonSerializer:
     """Strict JSON (no NaN or infinities), UTF-8, compact.  Tuples come back as lists."""
 
     name = "json"
 
     def dumps(self, value: Any) -> bytes:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        return _json_encode(value).encode()
 
     def loads(self, data: bytes) -> Any:
-        return json.loads(data)
+        try:
+            return _json_decode(data.decode())
+        except UnicodeDecodeError:
+            return json.loads(data)  # UTF-16/32 written by another tool: let json detect it
 
 
 class PickleSerializer:

@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS mb_jobs (
     enqueued_at  REAL    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS mb_jobs_available ON mb_jobs (available_at);
+-- Leased jobs only: finding expired leases at each claim must not scan every ready job.
+CREATE INDEX IF NOT EXISTS mb_jobs_leased ON mb_jobs (available_at) WHERE token IS NOT NULL;
 CREATE TABLE IF NOT EXISTS mb_dead (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     key          TEXT    NOT NULL,
@@ -48,6 +50,11 @@ CREATE TABLE IF NOT EXISTS mb_dead (
 CREATE TABLE IF NOT EXISTS mb_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO mb_meta VALUES ('done', '0');
 """
+
+# Expired leases after the last attempt; answered from the small mb_jobs_leased index.
+_EXHAUSTED = (
+    "SELECT seq, token, attempts FROM mb_jobs WHERE available_at <= ? AND token IS NOT NULL AND attempts >= ?"
+)
 
 _TO_DEAD = """
 INSERT INTO mb_dead (key, job_id, payload, attempts, error, enqueued_at, failed_at)
@@ -307,11 +314,7 @@ def _claim(
 
 def _bury_exhausted(conn: sqlite3.Connection, now: float, max_attempts: int) -> None:
     """Jobs whose lease expired after their last attempt: their consumer died each time."""
-    rows = conn.execute(
-        "SELECT seq, token, attempts FROM mb_jobs WHERE available_at <= ? AND token IS NOT NULL "
-        "AND attempts >= ?",
-        (now, max_attempts),
-    ).fetchall()
+    rows = conn.execute(_EXHAUSTED, (now, max_attempts)).fetchall()
     if rows:
         _dead_letter(conn, [
             (f"WorkerLost: the lease expired during attempt {attempts}: the worker died or stalled "
