@@ -84,7 +84,7 @@ class QueueAdapter(Adapter):
         if own is None or own is job:
             return own
         # A copy of our job: process the copy, keep our bookkeeping on it.
-        job._handle, job.attempts, job.submitted_at = own._handle, own.attempts, own.submitted_at
+        job._handle, job.attempts, job._submitted_at = own._handle, own.attempts, own._submitted_at
         return job
 
     def abandon(self) -> list[Job[Any]]:

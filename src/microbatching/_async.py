@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -13,6 +15,13 @@ from ._stats import Stats
 from .errors import QueueFullError
 
 __all__ = ["AsyncMicroBatching"]
+
+
+def _future_factory(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
+    """``loop.create_future``, minus its Python frame when the loop is a stock asyncio loop."""
+    if type(loop).create_future is asyncio.BaseEventLoop.create_future:
+        return functools.partial(asyncio.Future, loop=loop)
+    return loop.create_future
 
 
 class AsyncMicroBatching(BatcherBase):
@@ -33,7 +42,7 @@ class AsyncMicroBatching(BatcherBase):
             return
         self._refuse_if_closed()
         self._loop = asyncio.get_running_loop()
-        self._create_future = self._loop.create_future
+        self._create_future = _future_factory(self._loop)
         self._room_waiters = deque()
         if self.options.max_pending is not None:
             self._engine.on_final = self._room_freed
@@ -42,7 +51,7 @@ class AsyncMicroBatching(BatcherBase):
         self._admit = self._engine.admit
         self._state = State.RUNNING
         # Only a bounded or encoding batcher needs checks on every submit.
-        self._guarded = self.options.max_pending is not None or self._prepare is not None
+        self._update_guard()
         self._engine._adapter.start()
 
     def submit_job_nowait(self, job: Job[Any]) -> asyncio.Future[Any]:
@@ -115,7 +124,7 @@ class AsyncMicroBatching(BatcherBase):
             return
         if self._state is State.RUNNING:
             self._state = State.CLOSING
-            self._guarded = True
+            self._update_guard()
             for waiter in self._room_waiters:  # blocked submitters learn of the shutdown
                 if not waiter.done():
                     waiter.set_result(None)

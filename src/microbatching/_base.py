@@ -9,6 +9,7 @@ from typing import Any
 from ._adapters import make_adapter
 from ._engine import Adapter, Engine
 from ._events import EventEmitter
+from ._job import Job
 from ._options import DEFAULT_BATCH_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_RETRY, Options
 from ._retry import RetryPolicy
 from ._stats import Stats
@@ -60,10 +61,30 @@ class BatcherBase(EventEmitter):
         adapter = make_adapter(queue)
         self._engine = Engine(self.options, processor, self, adapter)
         # Only queues that encode jobs need a look at them in the submitter's thread.
-        self._prepare = None if type(adapter) is Adapter else adapter.prepare
-        self._limit: float = float("inf") if max_pending is None else max_pending
         self._state = State.NEW
-        self._guarded = True  # submits go through the full checks until started
+        self._prepare_hook: Callable[[Job[Any]], None] | None = (
+            None if type(adapter) is Adapter else adapter.prepare
+        )
+        self._limit: float = float("inf") if max_pending is None else max_pending
+        self._update_guard()
+
+    @property
+    def _prepare(self) -> Callable[[Job[Any]], None] | None:
+        """What checks or encodes a job in the submitter's thread (instrumentation may wrap it)."""
+        return self._prepare_hook
+
+    @_prepare.setter
+    def _prepare(self, hook: Callable[[Job[Any]], None] | None) -> None:
+        self._prepare_hook = hook
+        self._update_guard()
+
+    def _update_guard(self) -> None:
+        # A running batcher with no bound and nothing to encode skips every submit check.
+        self._guarded = (
+            self._state is not State.RUNNING
+            or self.options.max_pending is not None
+            or self._prepare_hook is not None
+        )
 
     def _listeners_changed(self) -> None:
         self._engine.announce_added = "job_added" in self._handlers

@@ -91,12 +91,44 @@ class Engine:
     # Slots: the per-job path reads a few of these for every job, and slot reads are the
     # fastest attribute access CPython has.
     __slots__ = (
-        "_abandoning", "_adapter", "_batch_size", "_closed", "_counts", "_drain_task",
-        "_draining", "_emitter", "_enter", "_executor", "_func", "_idle", "_in_flight",
-        "_inbox", "_inbox_scheduled", "_interval", "_is_async", "_loop", "_max_weight",
-        "_open", "_ready", "_retries", "_running", "_tasks", "_thread_id", "_timer",
-        "_triggers", "_weigh", "accept", "admit", "announce_added", "now", "on_final",
-        "options", "pending", "recorder", "wrap_errors",
+        "_abandoning",
+        "_adapter",
+        "_batch_size",
+        "_closed",
+        "_counts",
+        "_deliveries",
+        "_drain_task",
+        "_draining",
+        "_emitter",
+        "_enter",
+        "_executor",
+        "_func",
+        "_idle",
+        "_in_flight",
+        "_inbox",
+        "_inbox_scheduled",
+        "_interval",
+        "_is_async",
+        "_loop",
+        "_max_weight",
+        "_open",
+        "_ready",
+        "_retries",
+        "_running",
+        "_tasks",
+        "_thread_id",
+        "_timer",
+        "_triggers",
+        "_weigh",
+        "accept",
+        "admit",
+        "announce_added",
+        "now",
+        "on_final",
+        "options",
+        "pending",
+        "recorder",
+        "wrap_errors",
     )  # fmt: skip
 
     def __init__(self, options: Options, processor: object, emitter: EventEmitter, adapter: Adapter) -> None:
@@ -114,7 +146,8 @@ class Engine:
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._retries: dict[Job[Any], asyncio.TimerHandle] = {}
-        self._inbox: deque[tuple[Callable[[Job[Any]], None] | None, Job[Any]]] = deque()
+        self._inbox: deque[Job[Any]] = deque()  # submitted from other threads
+        self._deliveries: deque[Job[Any]] = deque()  # delivered by a queue from other threads
         self._inbox_scheduled = False
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._draining = False
@@ -191,30 +224,32 @@ class Engine:
 
     def admit_threadsafe(self, job: Job[Any]) -> None:
         """``admit(job)`` from any thread (refused once shutdown has begun)."""
-        self._call_threadsafe(None, job)
+        self._inbox.append(job)
+        # Wake-ups are coalesced: one loop callback drains every job queued meanwhile.
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            self._loop.call_soon_threadsafe(self._drain_inbox)
 
     def deliver_threadsafe(self, job: Job[Any]) -> None:
         """``deliver(job)`` from any thread."""
-        self._call_threadsafe(self.deliver, job)
-
-    def _call_threadsafe(self, action: Callable[[Job[Any]], None] | None, job: Job[Any]) -> None:
-        # Wake-ups are coalesced: one loop callback drains every job queued meanwhile.
-        self._inbox.append((action, job))
+        self._deliveries.append(job)
         if not self._inbox_scheduled:
             self._inbox_scheduled = True
             self._loop.call_soon_threadsafe(self._drain_inbox)
 
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False  # before popping: a later append schedules again
+        deliveries = self._deliveries
+        for _ in range(len(deliveries)):
+            self.deliver(deliveries.popleft())
         inbox = self._inbox
+        if self._draining:
+            for _ in range(len(inbox)):
+                self._reject_late(inbox.popleft())
+            return
+        admit = self.admit
         for _ in range(len(inbox)):
-            action, job = inbox.popleft()
-            if action is not None:
-                action(job)
-            elif self._draining:
-                self._reject_late(job)
-            else:
-                self.admit(job)
+            admit(inbox.popleft())
 
     def deliver(self, job: Job[Any]) -> None:
         """A job handed back by a user queue's ``process`` callback (loop thread)."""

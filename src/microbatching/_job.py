@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import logging
 import os
 import secrets
+import threading
 from typing import Any, Generic, TypeVar
 
 __all__ = ["Job", "JobResult"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("microbatching")
 
 # Generated ids are unique across processes (random prefix, pid) and cheap: the id is only
 # built the first time someone reads it, so the hot path never pays for it.
@@ -76,17 +80,126 @@ class Job(Generic[T]):
         return f"Job(id={self.id!r}, attempts={self.attempts})"
 
 
+# The state names concurrent.futures uses; wait() and as_completed() read them.
+_PENDING, _CANCELLED, _NOTIFIED, _FINISHED = "PENDING", "CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"
+_SETTLED = (_CANCELLED, _NOTIFIED, _FINISHED)
+# Guards a handle's state while it has no condition of its own, and the creation of that
+# condition: once one exists, every transition goes through it as in the base class.
+_handles_lock = threading.Lock()
+
+
 class JobResult(concurrent.futures.Future[Any]):
     """The handle of a job submitted to :class:`~microbatching.MicroBatching`.
 
-    A :class:`concurrent.futures.Future`: ``result(timeout)`` returns the job's value or
-    raises its error, ``exception(timeout)``, ``done()``, ``add_done_callback()``; ``job``
-    is the job it belongs to.  Cancelling it before its batch starts drops the job.
+    A :class:`concurrent.futures.Future` (``concurrent.futures.wait`` and ``as_completed``
+    accept it): ``result(timeout)`` returns the job's value or raises its error,
+    ``exception(timeout)``, ``done()``, ``add_done_callback()``, ``cancel()``; ``job`` is
+    the job it belongs to.  Cancelling it before its batch starts drops the job.
+
+    Unlike a plain Future it builds no lock until someone has to wait for it: a handle
+    settled before anyone asks costs one small object.
     """
 
-    def __init__(self, job: Job[Any]) -> None:
-        super().__init__()
+    # Class-level defaults stand in for what Future.__init__ would set per instance.
+    _state = _PENDING
+    _result: Any = None
+    _exception: BaseException | None = None
+    _cond: threading.Condition | None = None
+    _done_callbacks: Any = ()
+
+    def __init__(self, job: Job[Any]) -> None:  # no super().__init__(): see the class doc
         self.job = job
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        with _handles_lock:
+            if self._cond is None:
+                self._waiters: list[Any] = []
+                self._done_callbacks = list(self._done_callbacks)
+                self._cond = threading.Condition()
+            return self._cond
+
+    def _settle_unwatched(self, state: str, result: Any, exception: BaseException | None) -> bool:
+        """Settle without a condition if nobody ever waited; False if one exists (use the base path)."""
+        with _handles_lock:
+            if self._cond is not None:
+                return False
+            if self._state in _SETTLED:
+                raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
+            self._result, self._exception, self._state = result, exception, state
+        self._run_callbacks()
+        return True
+
+    def _run_callbacks(self) -> None:
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except Exception:  # noqa: PERF203  (each callback is isolated from the others)
+                logger.exception("a done callback of %r raised", self)
+
+    def set_result(self, result: Any) -> None:
+        """Settle with ``result`` (called by the batcher)."""
+        if not self._settle_unwatched(_FINISHED, result, None):
+            super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """Settle with ``exception`` (called by the batcher)."""
+        if not self._settle_unwatched(_FINISHED, None, exception):
+            super().set_exception(exception)
+
+    def cancel(self) -> bool:
+        """Cancel the job if its batch has not started; returns whether it is cancelled."""
+        with _handles_lock:
+            if self._cond is None:
+                if self._state == _FINISHED:
+                    return False
+                self._state = _NOTIFIED  # nobody is waiting: nothing left to notify
+                settled_here = True
+            else:
+                settled_here = False
+        if not settled_here:
+            if not super().cancel():
+                return False
+            # Mark it notified, as an executor would, so wait() and as_completed() see it done.
+            self.set_running_or_notify_cancel()
+            return True
+        self._run_callbacks()
+        return True
+
+    def done(self) -> bool:
+        """Whether the job has its outcome (or was cancelled)."""
+        return self._state in _SETTLED
+
+    def cancelled(self) -> bool:
+        """Whether the handle was cancelled."""
+        return self._state in (_CANCELLED, _NOTIFIED)
+
+    def running(self) -> bool:
+        """Always ``False``: the batcher does not report a job's batch as running here."""
+        return False
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The job's result; raises its error, or ``TimeoutError`` after ``timeout`` seconds."""
+        if self._state == _FINISHED and self._exception is None:
+            return self._result
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The job's error, or ``None`` if it succeeded; waits up to ``timeout`` seconds."""
+        if self._state == _FINISHED:
+            return self._exception
+        return super().exception(timeout)
+
+    def add_done_callback(self, fn: Any) -> None:
+        """Call ``fn(handle)`` once the job has its outcome (at once if it has)."""
+        with _handles_lock:
+            if self._cond is None and self._state not in _SETTLED:
+                self._done_callbacks = [*self._done_callbacks, fn]
+                return
+        if self._cond is not None:
+            super().add_done_callback(fn)
+        else:
+            fn(self)
 
     def __repr__(self) -> str:
         return f"<JobResult job={self.job.id!r} {self._state.lower()}>"

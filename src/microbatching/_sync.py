@@ -6,9 +6,9 @@ import asyncio
 import atexit
 import concurrent.futures.thread  # noqa: F401  (import its exit hook before registering ours)
 import threading
-import time
 import weakref
 from concurrent.futures import Future
+from time import monotonic as _monotonic  # a module global: the fastest lookup per submit
 from types import TracebackType
 from typing import Any
 
@@ -51,7 +51,9 @@ class MicroBatching(BatcherBase):
             )
             self._thread.start()
             ready.result()
+            self._admit_threadsafe = self._engine.admit_threadsafe
             self._state = State.RUNNING
+            self._update_guard()
             _exit_hooks.add(self)
 
     def _run_loop(self, ready: Future[None]) -> None:
@@ -76,28 +78,35 @@ class MicroBatching(BatcherBase):
         At ``max_pending`` it waits for room (up to ``timeout`` seconds), or with
         ``block=False`` raises :class:`QueueFullError` at once.
         """
+        handle = job._handle
+        if handle is not None and not handle.done():
+            raise ValueError(f"{job!r} is already submitted and not finished")
+        if self._guarded:
+            self._check_admission(job, block, timeout)
+        handle = JobResult(job)
+        job._handle = handle
+        job._submitted_at = job._ready_at = _monotonic()
+        self._admit_threadsafe(job)
+        return handle
+
+    def _check_admission(self, job: Job[Any], block: bool, timeout: float | None) -> None:
+        """The checks a plain running batcher can skip: lifecycle, encoding, ``max_pending``."""
         if self._state is not State.RUNNING:
             self._refuse_if_closed()
             self.start()
-        if job._handle is not None and not job._handle.done():
-            raise ValueError(f"{job!r} is already submitted and not finished")
         if self._prepare is not None:
             self._prepare(job)
         slots = self._slots
-        if slots is not None:
-            if not slots.acquire(block, timeout):
-                raise QueueFullError(
-                    f"max_pending={self.options.max_pending} jobs are pending"
-                    + (f" and no room came within {timeout}s" if block else "")
-                )
-            if self._state is not State.RUNNING:  # woken by shutdown
-                slots.release()
-                self._refuse_if_closed()
-        handle = JobResult(job)
-        job._handle = handle
-        job._submitted_at = job._ready_at = time.monotonic()
-        self._engine.admit_threadsafe(job)
-        return handle
+        if slots is None:
+            return
+        if not slots.acquire(block, timeout):
+            raise QueueFullError(
+                f"max_pending={self.options.max_pending} jobs are pending"
+                + (f" and no room came within {timeout}s" if block else "")
+            )
+        if self._state is not State.RUNNING:  # woken by shutdown
+            slots.release()
+            self._refuse_if_closed()
 
     def shutdown(self, timeout: float | None = None, *, cancel: bool = False) -> None:
         """Stop admission, flush the open batch at once, wait for every accepted job, stop the thread.
@@ -112,6 +121,7 @@ class MicroBatching(BatcherBase):
                 return
             if self._state is State.RUNNING:
                 self._state = State.CLOSING
+                self._update_guard()
         if threading.current_thread() is self._thread:
             raise RuntimeError("shutdown() cannot be called from the batcher's own loop thread")
         if self._slots is not None:  # wake blocked submitters: they then see the shutdown

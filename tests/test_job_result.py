@@ -1,0 +1,108 @@
+"""JobResult: a concurrent.futures.Future that builds its lock only when someone waits."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from microbatching import Job, JobResult, MicroBatching
+
+
+def _later(delay: float, action: Any) -> None:
+    threading.Timer(delay, action).start()
+
+
+def test_result_waits_for_a_value_set_from_another_thread() -> None:
+    handle = JobResult(Job(1, 1))
+    _later(0.05, lambda: handle.set_result("v"))
+    assert handle.result(timeout=5) == "v"
+    assert handle.done() and not handle.cancelled() and handle.exception() is None
+
+
+def test_result_raises_the_exception_and_times_out() -> None:
+    handle = JobResult(Job(1, 1))
+    with pytest.raises(concurrent.futures.TimeoutError):
+        handle.result(timeout=0.01)
+    handle.set_exception(KeyError("k"))
+    with pytest.raises(KeyError):
+        handle.result(timeout=0)
+    assert isinstance(handle.exception(timeout=0), KeyError)
+
+
+def test_settling_twice_is_refused() -> None:
+    handle = JobResult(Job(1, 1))
+    handle.set_result(1)
+    with pytest.raises(concurrent.futures.InvalidStateError):
+        handle.set_result(2)
+    watched = JobResult(Job(2, 2))
+    assert watched._condition is not None  # the base-class path
+    watched.set_result(1)
+    with pytest.raises(concurrent.futures.InvalidStateError):
+        watched.set_exception(ValueError())
+
+
+@pytest.mark.parametrize("watched", [False, True])
+def test_done_callbacks_run_once_whether_added_before_or_after(watched: bool) -> None:
+    handle = JobResult(Job(1, 1))
+    if watched:
+        _ = handle._condition
+    seen: list[str] = []
+    handle.add_done_callback(lambda h: seen.append("before"))
+    handle.set_result(1)
+    handle.add_done_callback(lambda h: seen.append("after"))
+    assert seen == ["before", "after"]
+
+
+@pytest.mark.parametrize("watched", [False, True])
+def test_cancel_before_outcome_then_result_raises_cancelled(watched: bool) -> None:
+    handle = JobResult(Job(1, 1))
+    if watched:
+        _ = handle._condition
+    seen: list[bool] = []
+    handle.add_done_callback(lambda h: seen.append(h.cancelled()))
+    assert handle.cancel() is True
+    assert handle.cancelled() and handle.done()
+    with pytest.raises(concurrent.futures.CancelledError):
+        handle.result(timeout=0)
+    assert seen == [True]
+    done, not_done = concurrent.futures.wait([handle], timeout=1)
+    assert done == {handle} and not not_done
+    finished = JobResult(Job(2, 2))
+    finished.set_result(1)
+    assert finished.cancel() is False
+
+
+def test_concurrent_futures_wait_and_as_completed_accept_handles() -> None:
+    handles = [JobResult(Job(i, i)) for i in range(5)]
+    handles[0].set_result(0)  # settled before anyone watched
+    for i, handle in enumerate(handles[1:], 1):
+        _later(0.01 * i, lambda h=handle, i=i: h.set_result(i))
+    assert sorted(h.result() for h in concurrent.futures.as_completed(handles, timeout=5)) == [0, 1, 2, 3, 4]
+    more = [JobResult(Job(i, i)) for i in range(3)]
+    _later(0.05, lambda: more[1].set_exception(RuntimeError("x")))
+    done, _ = concurrent.futures.wait(more, timeout=5, return_when=concurrent.futures.FIRST_EXCEPTION)
+    assert done == {more[1]}
+
+
+def test_many_threads_waiting_on_one_handle_all_wake() -> None:
+    handle = JobResult(Job(1, 1))
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda: results.append(handle.result(timeout=5))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)
+    handle.set_result("all")
+    for thread in threads:
+        thread.join(5)
+    assert results == ["all"] * 8
+
+
+def test_batcher_handles_work_with_as_completed() -> None:
+    with MicroBatching(None, lambda jobs: [j.data * 2 for j in jobs], batch_size=7, batch_interval=0.01) as mb:
+        handles = [mb.submit_job(Job(i, i)) for i in range(50)]
+        got = sorted(h.result() for h in concurrent.futures.as_completed(handles, timeout=10))
+    assert got == [i * 2 for i in range(50)]
