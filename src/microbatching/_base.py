@@ -87,7 +87,7 @@ class BatcherBase(EventEmitter):
         )
 
     def _listeners_changed(self) -> None:
-        self._engine.announce_added = "job_added" in self._handlers
+        self._engine.announce_added = self._handlers.get("job_added", ())
 
     @property
     def state(self) -> State:

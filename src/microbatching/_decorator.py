@@ -31,65 +31,105 @@ def batch(func: Callable[..., Any] | None = None, **options: Any) -> Any:
 
     def decorate(target: Callable[..., Any]) -> Any:
         BatcherBase(None, target, **options)  # validate the options now, not at first call
-        wrapper_type = _AsyncBatched if inspect.iscoroutinefunction(target) else _SyncBatched
-        return functools.update_wrapper(wrapper_type(target, options), target)
+        caller = _AsyncCaller if inspect.iscoroutinefunction(target) else _SyncCaller
+        return _wrapper(target, caller, options)
 
     return decorate if func is None else decorate(func)
 
 
-class _Batched:
-    """Shared by both wrappers: the options, and binding to an instance for methods."""
+_NO_ITEM: Any = object()
+
+
+def _wrapper(target: Callable[..., Any], caller: type[_Caller], options: dict[str, Any]) -> Any:
+    """A plain function (the fastest thing to call) that submits its item to ``caller``.
+
+    Called with one argument, it is the decorated function; called with two, it was looked
+    up on an instance as a method: ``(instance, item)``, with one batcher per instance.
+    """
+    plain = caller(target, options)
+    per_instance: weakref.WeakKeyDictionary[Any, _Caller] = weakref.WeakKeyDictionary()
+
+    def method_call(instance: Any, item: Any) -> Any:
+        bound = per_instance.get(instance)
+        if bound is None:
+            bound = per_instance[instance] = caller(functools.partial(target, instance), options)
+        return bound.call(item)
+
+    if isinstance(plain, _AsyncCaller):
+        running_loop = asyncio.get_running_loop
+
+        @functools.wraps(target)
+        def async_wrapper(first: Any, second: Any = _NO_ITEM) -> Any:
+            if second is not _NO_ITEM:
+                return method_call(first, second)
+            # AsyncCaller.call, written inline: this is the hot path of every call.
+            if running_loop() is not plain._loop:
+                plain._start_on_running_loop()
+            return plain._submit(Job(None, first))
+
+        return async_wrapper
+
+    @functools.wraps(target)
+    def wrapper(first: Any, second: Any = _NO_ITEM) -> Any:
+        if second is not _NO_ITEM:
+            return method_call(first, second)
+        return plain.call(first)
+
+    return wrapper
+
+
+class _Caller:
+    """Submits one item to the batcher behind one decorated function (or bound method)."""
 
     def __init__(self, func: Callable[..., Any], options: dict[str, Any]) -> None:
         self._func = func
         self._options = options
-        self._per_instance: weakref.WeakKeyDictionary[Any, _Batched] = weakref.WeakKeyDictionary()
 
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        if instance is None:
-            return self
-        bound = self._per_instance.get(instance)
-        if bound is None:
-            bound = type(self)(functools.partial(self._func, instance), self._options)
-            self._per_instance[instance] = bound
-        return bound
-
-    def _make_processor(self) -> Callable[[list[Job[Any]]], Any]:
-        func = self._func
-
-        def process(jobs: list[Job[Any]]) -> Any:
-            return func([job.data for job in jobs])
-
-        return process
+    def call(self, item: Any) -> Any:
+        raise NotImplementedError
 
 
-class _AsyncBatched(_Batched):
+class _AsyncCaller(_Caller):
+    """One :class:`AsyncMicroBatching` per event loop; the call returns the job's future."""
+
     _loop: asyncio.AbstractEventLoop | None = None
-    _batcher: AsyncMicroBatching
+    _submit: Callable[[Job[Any]], asyncio.Future[Any]]
 
-    def __call__(self, item: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._switch_loop(loop)
-        return self._batcher.submit_job_nowait(Job(None, item))
+    def call(self, item: Any) -> asyncio.Future[Any]:
+        if asyncio.get_running_loop() is not self._loop:
+            self._start_on_running_loop()
+        return self._submit(Job(None, item))
 
-    def _switch_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _start_on_running_loop(self) -> None:
         func = self._func
 
         async def process(jobs: list[Job[Any]]) -> Any:
             return await func([job.data for job in jobs])
 
-        self._batcher = AsyncMicroBatching(None, process, **self._options)
-        self._batcher._engine.wrap_errors = False
-        self._loop = loop
+        batcher = AsyncMicroBatching(None, process, **self._options)
+        batcher._engine.wrap_errors = False
+        batcher.start()
+        self._submit = batcher.submit_job_nowait
+        self._loop = asyncio.get_running_loop()
 
 
-class _SyncBatched(_Batched):
+class _SyncCaller(_Caller):
+    """One :class:`MicroBatching` (its own loop thread); the call blocks for the result."""
+
     _batcher: MicroBatching | None = None
 
-    def __call__(self, item: Any) -> Any:
+    def call(self, item: Any) -> Any:
         batcher = self._batcher
         if batcher is None:
-            batcher = self._batcher = MicroBatching(None, self._make_processor(), **self._options)
-            batcher._engine.wrap_errors = False
+            batcher = self._batcher = self._start()
         return batcher.submit_job(Job(None, item)).result()
+
+    def _start(self) -> MicroBatching:
+        func = self._func
+
+        def process(jobs: list[Job[Any]]) -> Any:
+            return func([job.data for job in jobs])
+
+        batcher = MicroBatching(None, process, **self._options)
+        batcher._engine.wrap_errors = False
+        return batcher

@@ -179,9 +179,9 @@ class Engine:
             self.admit = self._admit_direct
         else:
             self.admit = self._admit_via_adapter
-        #: Whether anyone listens to job_added: the batcher updates it as listeners change,
-        #: so the per-job path reads one slot instead of looking the event up.
-        self.announce_added = False
+        #: The job_added handlers (empty when nobody listens): the batcher updates it as
+        #: listeners change, so the per-job path reads one slot instead of looking it up.
+        self.announce_added: tuple[Callable[..., Any], ...] = ()
         adapter.attach(self)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -204,7 +204,7 @@ class Engine:
         """``admit``: a newly submitted job is counted, announced and handed to the queue."""
         self.pending += 1
         if self.announce_added:
-            self._emitter.emit("job_added", job)
+            self._emitter.dispatch("job_added", self.announce_added, (job,))
         self._enter(job)
 
     def _admit_direct(self, job: Job[Any]) -> None:
@@ -214,7 +214,7 @@ class Engine:
         """
         self.pending += 1
         if self.announce_added:
-            self._emitter.emit("job_added", job)
+            self._emitter.dispatch("job_added", self.announce_added, (job,))
         jobs = self._open.jobs
         jobs.append(job)
         if len(jobs) == 1:
@@ -438,7 +438,7 @@ class Engine:
                 except _ALREADY_SETTLED:
                     pass
             if announce:
-                self._emitter.emit("job_completed", job, result)
+                self._emitter.dispatch("job_completed", announce, (job, result))
         if self._emitter._handlers.get("batch_completed"):
             self._emitter.emit("batch_completed", batch, results)
         for job, exc in failed:

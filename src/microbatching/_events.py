@@ -85,25 +85,29 @@ class EventEmitter:
         handlers = self._handlers.get(event)
         if not handlers:
             return False
-        for handler in handlers:
-            self._call(event, handler, args)
+        self.dispatch(event, handlers, args)
         return True
+
+    def dispatch(self, event: str, handlers: tuple[Handler, ...], args: tuple[Any, ...]) -> None:
+        """Call ``handlers`` (looked up by the caller, who may reuse them) with ``args``."""
+        for handler in handlers:
+            try:
+                outcome = handler(*args)
+            except Exception as exc:
+                self._handler_failed(event, exc)
+                continue
+            if outcome is not None and inspect.isawaitable(outcome):  # most handlers return None
+                self._run_async_handler(event, outcome)
 
     async def wait_for_handlers(self) -> None:
         """Wait for the async handlers still running."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _call(self, event: str, handler: Handler, args: tuple[Any, ...]) -> None:
-        try:
-            outcome = handler(*args)
-        except Exception as exc:
-            self._handler_failed(event, exc)
-            return
-        if inspect.isawaitable(outcome):
-            task = asyncio.ensure_future(outcome)
-            self._tasks.add(task)
-            task.add_done_callback(lambda t: self._task_done(event, t))
+    def _run_async_handler(self, event: str, outcome: Any) -> None:
+        task = asyncio.ensure_future(outcome)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._task_done(event, t))
 
     def _task_done(self, event: str, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
