@@ -9,7 +9,8 @@ DOCUMENTED = {
     "BatchProcessorInterface", "MemoryQueue", "QueueInterface",
     "EVENTS", "EventEmitter", "State", "Stats",
     "BatchResultError", "BatchTimeoutError", "JobCancelledError", "JobFailedError",
-    "MicroBatchingError", "QueueFullError", "ShutdownError",
+    "MicroBatchingError", "PayloadTooLargeError", "QueueFullError", "SerializationError", "ShutdownError",
+    "Summary",
 }  # fmt: skip
 
 

@@ -20,7 +20,9 @@ from .errors import (
     JobCancelledError,
     JobFailedError,
     MicroBatchingError,
+    PayloadTooLargeError,
     QueueFullError,
+    SerializationError,
     ShutdownError,
 )
 from .interfaces import BatchProcessorInterface, QueueInterface
@@ -58,6 +60,8 @@ __all__ = [
     "JobCancelledError",
     "JobFailedError",
     "MicroBatchingError",
+    "PayloadTooLargeError",
     "QueueFullError",
+    "SerializationError",
     "ShutdownError",
 ]

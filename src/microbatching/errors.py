@@ -13,7 +13,9 @@ __all__ = [
     "JobCancelledError",
     "JobFailedError",
     "MicroBatchingError",
+    "PayloadTooLargeError",
     "QueueFullError",
+    "SerializationError",
     "ShutdownError",
 ]
 
@@ -28,6 +30,14 @@ class QueueFullError(MicroBatchingError):
 
 class ShutdownError(MicroBatchingError):
     """The batcher is shutting down or shut down, so it accepts no new job."""
+
+
+class SerializationError(MicroBatchingError, TypeError):
+    """A job's id or data cannot be encoded by the queue's serializer (nothing was stored)."""
+
+
+class PayloadTooLargeError(MicroBatchingError, ValueError):
+    """A job's encoded data exceeds the queue's ``max_payload_bytes`` (nothing was stored)."""
 
 
 class BatchResultError(MicroBatchingError):
