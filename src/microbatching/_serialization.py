@@ -6,7 +6,7 @@ import json
 import pickle
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import MicroBatchingError
+from .errors import PayloadTooLargeError, SerializationError
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -20,14 +20,6 @@ __all__ = [
 
 #: 1 MiB: far above a typical job's data, far below what would hurt a queue.
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
-
-
-class SerializationError(MicroBatchingError, TypeError):
-    """A job's id or data cannot be encoded by the queue's serializer (nothing was stored)."""
-
-
-class PayloadTooLargeError(MicroBatchingError, ValueError):
-    """A job's encoded data exceeds the queue's ``max_payload_bytes`` (nothing was stored)."""
 
 
 @runtime_checkable
