@@ -83,7 +83,8 @@ def _ours(queue_class: Any, n: int) -> Metrics:
 
 
 # The raw loop's table and statements are those of SQLiteQueue (copied, not imported, so
-# the loop stays library-free): the same durable work per job, no more and no less.
+# the loop stays library-free): the same durable work per job, no more and no less.  Keep
+# them in step with src/microbatching/queues/sqlite.py.
 _RAW_SCHEMA = """
 CREATE TABLE mb_jobs (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -117,7 +118,7 @@ def _raw(n: int) -> Metrics:
             results = [json.loads(payload.decode()) * 2 for _, _, _, payload in rows]
             expected = [json.loads(job_id.decode()) * 2 for _, _, job_id, _ in rows]
             ok += sum(result == want for result, want in zip(results, expected, strict=True))
-            _raw_ack(db, [(seq, token) for seq, token, _, _ in rows])
+            _raw_ack(db, rows[0][1], [seq for seq, _, _, _ in rows])
         elapsed = time.perf_counter() - start
         db.close()
     if ok != n:
@@ -155,20 +156,22 @@ def _raw_claim(db: sqlite3.Connection, limit: int) -> list[tuple[int, str, bytes
         (now, limit),
     ).fetchall()
     token = secrets.token_hex(8)
-    db.executemany(
-        "UPDATE mb_jobs SET token = ?, available_at = ?, attempts = attempts + 1, "
-        "recovered = recovered + ? WHERE seq = ?",
-        [(token, now + _LEASE, row[6] is not None, row[0]) for row in rows],
-    )
+    if rows:
+        db.execute(
+            "UPDATE mb_jobs SET token = ?, available_at = ?, attempts = attempts + 1, "
+            f"recovered = recovered + (token IS NOT NULL) WHERE seq IN ({', '.join('?' * len(rows))})",
+            (token, now + _LEASE, *(row[0] for row in rows)),
+        )
     db.execute("COMMIT")
     return [(seq, token, job_id, payload) for seq, _, job_id, payload, *_ in rows]
 
 
-def _raw_ack(db: sqlite3.Connection, refs: list[tuple[int, str]]) -> None:
+def _raw_ack(db: sqlite3.Connection, token: str, seqs: list[int]) -> None:
     """One transaction: delete the jobs still held under their token, count them done."""
     db.execute("BEGIN IMMEDIATE")
     before = db.total_changes
-    db.executemany("DELETE FROM mb_jobs WHERE seq = ? AND token = ?", refs)
+    marks = ", ".join("?" * len(seqs))
+    db.execute(f"DELETE FROM mb_jobs WHERE token = ? AND seq IN ({marks})", (token, *seqs))
     done = db.total_changes - before
     db.execute("UPDATE mb_meta SET value = CAST(value AS INTEGER) + ? WHERE name = 'done'", (done,))
     db.execute("COMMIT")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import decimal
 import sqlite3
 import threading
@@ -83,6 +84,31 @@ def test_finding_expired_last_attempts_reads_only_leased_jobs(tmp_path: Path) ->
     rows = conn.execute(f"EXPLAIN QUERY PLAN {sqlite_module._EXHAUSTED}", (0.0, 1)).fetchall()
     conn.close()
     assert "USING INDEX mb_jobs_leased" in " ".join(row[-1] for row in rows)
+
+
+def test_claims_and_acks_span_chunks_and_tokens(tmp_path: Path) -> None:
+    # Set-based statements: more jobs than one statement binds, from two claims at once.
+    async def main() -> tuple[int, int, int, Any]:
+        queue = SQLiteQueue(tmp_path / "q.db")
+        try:
+            await queue.enqueue([queue.encode(Job(i, i)) for i in range(1_300)])
+            first = await queue.claim(1_200, 30.0)
+            second = await queue.claim(1_200, 30.0)
+            fake = Job(0, 0)
+            fake.receipt = _with_token(first[0].receipt, "stale")
+            stale = await queue.ack([fake])
+            done = await queue.ack(first + second)
+            return len(first), len(second), stale + done, await queue.stats()
+        finally:
+            await queue.close()
+
+    first, second, acked, stats = run(main())
+    assert (first, second, acked) == (1_200, 100, 1_300)
+    assert (stats.pending, stats.in_flight, stats.done) == (0, 0, 1_300)
+
+
+def _with_token(lease: Any, token: str) -> Any:
+    return dataclasses.replace(lease, token=token)
 
 
 def test_a_file_keeps_its_serializer(tmp_path: Path) -> None:

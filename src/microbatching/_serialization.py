@@ -38,8 +38,18 @@ class Serializer(Protocol):
 
 
 # Built once: json.dumps/loads with options build a new encoder or decoder on every call.
-_json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-_json_decode = json.JSONDecoder().decode
+_json_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_json_decoder = json.JSONDecoder()
+_json_scan: Any = getattr(_json_decoder, "scan_once")  # noqa: B009 (untyped attribute)
+# The C encoder behind JSONEncoder, made once, without the circular-reference markers (a
+# cycle recurses until RecursionError; then the full encoder runs again to say "Circular").
+_c_encode: Any = None
+try:
+    _c_encode = getattr(json.encoder, "c_make_encoder")(  # noqa: B009 (untyped attribute)
+        None, _json_encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+except TypeError:  # pragma: no cover - no C accelerator, or another signature: the plain path
+    pass
 
 
 class JsonSerializer:
@@ -48,13 +58,23 @@ class JsonSerializer:
     name = "json"
 
     def dumps(self, value: Any) -> bytes:
-        return _json_encode(value).encode()
+        if _c_encode is None or type(value) is str:
+            return _json_encoder.encode(value).encode()
+        try:
+            return "".join(_c_encode(value, 0)).encode()
+        except RecursionError:
+            return _json_encoder.encode(value).encode()  # says whether it is a cycle
 
     def loads(self, data: bytes) -> Any:
         try:
-            return _json_decode(data.decode())
+            text = data.decode()
         except UnicodeDecodeError:
             return json.loads(data)  # UTF-16/32 written by another tool: let json detect it
+        try:
+            value, end = _json_scan(text, 0)
+        except StopIteration:
+            end = -1
+        return value if end == len(text) else _json_decoder.decode(text)  # the full parser explains errors
 
 
 class PickleSerializer:

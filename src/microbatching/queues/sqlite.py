@@ -267,6 +267,17 @@ def _refs(jobs: Sequence[Job[Any]]) -> list[tuple[int, str]]:
     return refs
 
 
+_CHUNK = 500  # bound parameters per statement: old SQLite builds allow 999
+
+
+def _chunks(seqs: list[int]) -> list[list[int]]:
+    return [seqs[i:i + _CHUNK] for i in range(0, len(seqs), _CHUNK)]
+
+
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
 def _changes(conn: sqlite3.Connection, sql: str, params: list[tuple[Any, ...]]) -> int:
     before = conn.total_changes
     conn.executemany(sql, params)
@@ -300,11 +311,14 @@ def _claim(
         (now, limit),
     ).fetchall()
     token = secrets.token_hex(8)
-    conn.executemany(
-        "UPDATE mb_jobs SET token = ?, available_at = ?, attempts = attempts + 1, "
-        "recovered = recovered + ? WHERE seq = ?",
-        [(token, now + lease, row[6] is not None, row[0]) for row in rows],
-    )
+    # One statement per chunk, not one per job: the old token (set if a lease expired) is
+    # read before it is overwritten.
+    for seqs in _chunks([row[0] for row in rows]):
+        conn.execute(
+            "UPDATE mb_jobs SET token = ?, available_at = ?, attempts = attempts + 1, "
+            f"recovered = recovered + (token IS NOT NULL) WHERE seq IN ({_marks(len(seqs))})",
+            (token, now + lease, *seqs),
+        )
     conn.execute("COMMIT")
     return [
         (Lease(key, token, attempts + 1, recovered + (old is not None), seq), job_id, payload)
@@ -324,8 +338,16 @@ def _bury_exhausted(conn: sqlite3.Connection, now: float, max_attempts: int) -> 
 
 
 def _ack(conn: sqlite3.Connection, refs: list[tuple[int, str]]) -> int:
+    by_token: dict[str, list[int]] = {}
+    for seq, token in refs:
+        by_token.setdefault(token, []).append(seq)
     conn.execute("BEGIN IMMEDIATE")
-    done = _changes(conn, "DELETE FROM mb_jobs WHERE seq = ? AND token = ?", refs)
+    before = conn.total_changes
+    for token, all_seqs in by_token.items():  # usually one or two claims' worth
+        for seqs in _chunks(all_seqs):
+            sql = f"DELETE FROM mb_jobs WHERE token = ? AND seq IN ({_marks(len(seqs))})"
+            conn.execute(sql, (token, *seqs))
+    done = conn.total_changes - before
     conn.execute("UPDATE mb_meta SET value = CAST(value AS INTEGER) + ? WHERE name = 'done'", (done,))
     conn.execute("COMMIT")
     return done
