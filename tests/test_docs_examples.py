@@ -18,11 +18,6 @@ SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```\s*$", re.DOTALL | re.MULTILINE)
 _SKIP = re.compile(r"<!--\s*skip-example:\s*(.*?)\s*-->\s*$")
 TIMEOUT = 45
-# Blocks in pages other work streams own that do not run yet, by page and a snippet of the
-# block: reported to their authors; non-strict, so fixing one does not fail the suite.
-KNOWN_BROKEN = {
-    ("docs/durable-jobs.md", "MicroBatching(queue, process_batch"): "uses process_batch without defining it",
-}
 
 
 def _blocks() -> list[pytest.ParameterSet]:
@@ -37,9 +32,6 @@ def _blocks() -> list[pytest.ParameterSet]:
             skip = _SKIP.search(before)
             name = f"{source.relative_to(ROOT)}:{line}"
             marks = [pytest.mark.skip(reason=skip.group(1))] if skip else []
-            for (page, snippet), why in KNOWN_BROKEN.items():
-                if name.startswith(f"{page}:") and snippet in match.group(1):
-                    marks.append(pytest.mark.xfail(reason=f"known broken: {why}", strict=False))
             params.append(pytest.param(match.group(1), id=name, marks=marks))
     return params
 

@@ -62,10 +62,15 @@ async def _demo(count: int, rng: random.Random) -> int:
     )
     started = time.perf_counter()
     futures = []
+    last_burst = min(count, 3)
     async with mb:
-        for number in range(1, count + 1):
+        for number in range(1, count - last_burst + 1):
             futures.append(mb.submit_job_nowait(Job(number, f"record-{number}")))
             await asyncio.sleep(_gap(number, rng))
+        await asyncio.sleep(2 * BATCH_INTERVAL)  # let the open batch leave on its own
+        # The last jobs arrive just before shutdown: their partial batch leaves at once.
+        for number in range(count - last_burst + 1, count + 1):
+            futures.append(mb.submit_job_nowait(Job(number, f"record-{number}")))
     outcomes = await asyncio.gather(*futures, return_exceptions=True)
     _print_summary(mb, outcomes, time.perf_counter() - started)
     return 0
@@ -102,6 +107,6 @@ def _print_summary(mb: AsyncMicroBatching, outcomes: list[Any], elapsed: float) 
         f"\nsummary after graceful shutdown ({elapsed:.2f} s):\n"
         f"  {stats.submitted} jobs submitted, {stats.completed} completed, {stats.failed} failed, "
         f"{stats.retried} retries, {stats.pending} pending\n"
-        f"  {stats.batches} batches ({triggers}), mean size {stats.submitted / max(stats.batches, 1):.1f}\n"
+        f"  {stats.batches} batches ({triggers}), mean size {stats.batch_size.mean:.1f}\n"
         f"  every handle settled: {len(outcomes) - len(errors)} results, {len(errors)} errors"
     )
