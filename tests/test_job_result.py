@@ -102,7 +102,9 @@ def test_many_threads_waiting_on_one_handle_all_wake() -> None:
 
 
 def test_batcher_handles_work_with_as_completed() -> None:
-    with MicroBatching(None, lambda jobs: [j.data * 2 for j in jobs], batch_size=7, batch_interval=0.01) as mb:
+    with MicroBatching(
+        None, lambda jobs: [j.data * 2 for j in jobs], batch_size=7, batch_interval=0.01
+    ) as mb:
         handles = [mb.submit_job(Job(i, i)) for i in range(50)]
         got = sorted(h.result() for h in concurrent.futures.as_completed(handles, timeout=10))
     assert got == [i * 2 for i in range(50)]

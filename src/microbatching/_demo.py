@@ -69,8 +69,8 @@ async def _demo(count: int, rng: random.Random) -> int:
             await asyncio.sleep(_gap(number, rng))
         await asyncio.sleep(2 * BATCH_INTERVAL)  # let the open batch leave on its own
         # The last jobs arrive just before shutdown: their partial batch leaves at once.
-        for number in range(count - last_burst + 1, count + 1):
-            futures.append(mb.submit_job_nowait(Job(number, f"record-{number}")))
+        last = range(count - last_burst + 1, count + 1)
+        futures.extend(mb.submit_job_nowait(Job(number, f"record-{number}")) for number in last)
     outcomes = await asyncio.gather(*futures, return_exceptions=True)
     _print_summary(mb, outcomes, time.perf_counter() - started)
     return 0
