@@ -94,7 +94,7 @@ class ClaimAdapter(Adapter):
         own = self._own.get(lease.key)
         if own is None:
             return None  # submitted elsewhere: the engine counts it as pending here
-        job._handle, job.submitted_at = own.job._handle, own.job.submitted_at
+        job._handle, job._submitted_at = own.job._handle, own.job._submitted_at
         own.job, own.queued = job, False
         if own.counted:
             return job
