@@ -240,3 +240,38 @@ def test_sync_processor_keyboard_interrupt_fails_jobs_not_hangs() -> None:
     start = time.monotonic()
     mb.shutdown(timeout=5)
     assert time.monotonic() - start < 5
+
+
+def test_submit_job_nowait_returns_an_exact_asyncio_future() -> None:
+    async def main() -> None:
+        async def echo(jobs: list[Job[int]]) -> list[int]:
+            return [job.data for job in jobs]
+
+        async with AsyncMicroBatching(None, echo, batch_size=1) as mb:
+            future = mb.submit_job_nowait(Job(1, 1))
+            assert type(future) is asyncio.Future
+            assert await future == 1
+
+    vrun(main())
+
+
+@pytest.mark.parametrize("cap", [1, 2, 3])
+def test_max_concurrent_batches_caps_batches_running_at_once(cap: int) -> None:
+    running = peak = 0
+
+    async def slow(jobs: list[Job[int]]) -> list[int]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(1)
+        running -= 1
+        return [job.data for job in jobs]
+
+    async def main() -> None:
+        mb = AsyncMicroBatching(None, slow, batch_size=2, batch_interval=0.01, max_concurrent_batches=cap)
+        futures = [mb.submit_job_nowait(Job(i, i)) for i in range(20)]
+        assert await asyncio.gather(*futures) == list(range(20))
+        await mb.shutdown()
+
+    vrun(main())
+    assert peak == cap
