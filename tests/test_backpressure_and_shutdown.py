@@ -95,7 +95,7 @@ def test_sync_submit_blocks_then_proceeds_and_nonblocking_raises() -> None:
         handles = [mb.submit_job(Job(i, i)) for i in range(2)]
         with pytest.raises(QueueFullError):
             mb.submit_job(Job(9, 9), block=False)
-        with pytest.raises(QueueFullError, match=r"no room came within 0\.05s"):
+        with pytest.raises(QueueFullError, match=r"no room within 0\.05s"):
             mb.submit_job(Job(9, 9), timeout=0.05)
         threading.Timer(0.2, gate.set).start()
         start = time.monotonic()

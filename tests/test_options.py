@@ -71,3 +71,25 @@ def test_options_are_not_validated_with_assert() -> None:
         if line.strip().startswith("assert ")
     ]
     assert offenders == []
+
+
+def test_submitting_something_that_is_not_a_job_names_the_mistake() -> None:
+    with MicroBatching(None, ok) as mb, pytest.raises(TypeError, match=r"submit a Job, e\.g\. Job"):
+        mb.submit_job("raw data")  # type: ignore[arg-type]
+
+
+def test_a_bare_exception_class_as_retry_on_means_that_class_only() -> None:
+    from microbatching import RetryPolicy
+
+    policy = RetryPolicy(retry_on=ValueError)  # type: ignore[arg-type]
+    assert policy.retry_on == (ValueError,)
+    assert policy.should_retry(ValueError(), 1)
+    assert not policy.should_retry(KeyError(), 1)
+
+
+def test_a_closed_batcher_says_it_cannot_be_restarted() -> None:
+    mb = MicroBatching(None, ok)
+    mb.start()
+    mb.shutdown()
+    with pytest.raises(Exception, match="cannot be restarted"):
+        mb.start()

@@ -12,7 +12,6 @@ from typing import Any
 from ._base import BatcherBase, State
 from ._job import Job
 from ._stats import Stats
-from .errors import QueueFullError
 
 __all__ = ["AsyncMicroBatching"]
 
@@ -56,7 +55,10 @@ class AsyncMicroBatching(BatcherBase):
 
     def submit_job_nowait(self, job: Job[Any]) -> asyncio.Future[Any]:
         """Accept ``job`` and return its future; raises ``QueueFullError`` at ``max_pending``."""
-        handle = job._handle
+        try:
+            handle = job._handle
+        except AttributeError:
+            raise TypeError(f"submit a Job, e.g. Job(data=...); got {type(job).__name__}") from None
         if handle is not None and not handle.done():
             raise ValueError(f"{job!r} is already submitted and not finished")
         if self._guarded:
@@ -72,9 +74,7 @@ class AsyncMicroBatching(BatcherBase):
         if self._state is not State.RUNNING:
             self.start()
         if self._engine.pending >= self._limit:
-            raise QueueFullError(
-                f"{self._engine.pending} jobs pending, max_pending={self.options.max_pending}"
-            )
+            raise self._queue_full()
         if self._prepare is not None:
             self._prepare(job)
 
@@ -96,10 +96,7 @@ class AsyncMicroBatching(BatcherBase):
             try:
                 await asyncio.wait_for(waiter, remaining)
             except asyncio.TimeoutError:
-                raise QueueFullError(
-                    f"no room within {timeout}s: {self._engine.pending} jobs pending, "
-                    f"max_pending={self.options.max_pending}"
-                ) from None
+                raise self._queue_full(timeout) from None
             finally:
                 if waiter in self._room_waiters:
                     self._room_waiters.remove(waiter)

@@ -13,7 +13,7 @@ from ._job import Job
 from ._options import DEFAULT_BATCH_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_RETRY, Options
 from ._retry import RetryPolicy
 from ._stats import Stats
-from .errors import ShutdownError
+from .errors import QueueFullError, ShutdownError
 
 __all__ = ["BatcherBase", "State"]
 
@@ -96,7 +96,16 @@ class BatcherBase(EventEmitter):
 
     def _refuse_if_closed(self) -> None:
         if self._state in (State.CLOSING, State.CLOSED):
-            raise ShutdownError(f"{type(self).__name__} is {self._state.value}: it accepts no new jobs")
+            raise ShutdownError(
+                f"{type(self).__name__} is {self._state.value}: it accepts no new jobs "
+                "and cannot be restarted (make a new one)"
+            )
+
+    def _queue_full(self, waited: float | None = None) -> QueueFullError:
+        """The error of a submit that found (or, after ``waited`` seconds, still found) no room."""
+        limit = self.options.max_pending
+        text = f"max_pending={limit} reached: {limit} jobs are accepted and not yet final"
+        return QueueFullError(text if waited is None else f"{text}; no room within {waited}s")
 
     def _engine_stats(self) -> Stats:
         return self._engine.stats()

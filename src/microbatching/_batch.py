@@ -9,7 +9,13 @@ from typing import Any
 from ._job import Job
 from .errors import BatchResultError
 
-__all__ = ["Batch", "check_results"]
+__all__ = ["Batch", "check_results", "plural"]
+
+
+def plural(count: int, noun: str) -> str:
+    """``"1 job"``, ``"3 jobs"``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
 
 _batch_ids = itertools.count(1)
 
@@ -49,12 +55,12 @@ def check_results(results: object, expected: int) -> Sequence[Any]:
         actual = len(results)
     else:
         raise BatchResultError(
-            f"processor must return a list with one result per job (expected {expected} "
-            f"results), got {type(results).__name__}"
+            f"processor must return a list with one result per job (expected "
+            f"{plural(expected, 'result')}), got {type(results).__name__}"
         )
     if actual != expected:
         raise BatchResultError(
-            f"processor returned {actual} results for a batch of {expected} jobs; "
+            f"processor returned {plural(actual, 'result')} for a batch of {plural(expected, 'job')}; "
             f"expected {expected}, one per job in order"
         )
     return results

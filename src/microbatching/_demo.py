@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from ._async import AsyncMicroBatching
-from ._batch import Batch
+from ._batch import Batch, plural
 from ._job import Job
 from ._retry import RetryPolicy
 
@@ -42,12 +42,15 @@ def run_demo(jobs: int = 60, seed: int = 7) -> int:
 
 
 async def _demo(count: int, rng: random.Random) -> int:
-    api = FlakyBulkApi(flaky_id=min(count, 13), broken_id=min(count, 29))
-    retry = RetryPolicy(max_attempts=3, base_delay=0.05, jitter=0.0)
+    # One job meets a transient error (retried), one a permanent one (fails for good at once:
+    # retry_on names the errors worth another attempt).
+    api = FlakyBulkApi(flaky_id=max(1, count // 4), broken_id=count // 2 + 1 if count >= 3 else 0)
+    retry = RetryPolicy(max_attempts=3, base_delay=0.05, jitter=0.0, retry_on=(ConnectionError,))
     mb = AsyncMicroBatching(None, api, batch_size=BATCH_SIZE, batch_interval=BATCH_INTERVAL, retry=retry)
     print(
         f"microbatching demo: {count} jobs, batch_size={BATCH_SIZE}, "
-        f"batch_interval={BATCH_INTERVAL * 1000:.0f} ms, retry up to {retry.max_attempts} attempts\n"
+        f"batch_interval={BATCH_INTERVAL * 1000:.0f} ms, "
+        f"connection errors retried up to {retry.max_attempts} attempts\n"
     )
     _print_batches(mb)
     mb.on(
@@ -56,7 +59,12 @@ async def _demo(count: int, rng: random.Random) -> int:
             f"      job {job.id}: {error} -> retry in {delay * 1000:.0f} ms (attempt {job.attempts + 1})"
         ),
     )
-    mb.on("job_failed", lambda job, error: print(f"      job {job.id}: failed for good: {error}"))
+    mb.on(
+        "job_failed",
+        lambda job, error: print(
+            f"      job {job.id}: failed for good after {plural(error.attempts, 'attempt')}: {error.cause}"
+        ),
+    )
     mb.on(
         "shutdown_started", lambda: print("   -- shutdown: flushing the partial batch, waiting for retries")
     )
@@ -89,9 +97,9 @@ def _print_batches(mb: AsyncMicroBatching) -> None:
         ran = (time.monotonic() - started) * 1000
         ids = [job.id for job in batch.jobs if job.attempts == 1]
         again = "".join(f" +{job.id} (attempt {job.attempts})" for job in batch.jobs if job.attempts > 1)
-        span = f"jobs {ids[0]}..{ids[-1]}" if ids else "retries"
+        span = "" if not ids else f"job {ids[0]}" if len(ids) == 1 else f"jobs {ids[0]}..{ids[-1]}"
         print(
-            f"batch {batch.id:>3}  {len(batch):>2} jobs  trigger {batch.trigger:<8} "
+            f"batch {batch.id:>3}  {plural(len(batch), 'job'):>7}  trigger {batch.trigger:<8} "
             f"first job waited {waited:5.1f} ms  ran {ran:5.1f} ms  "
             f"ok {len(results) - failed}{f'  failed {failed}' if failed else ''}   {span}{again}"
         )
@@ -106,7 +114,8 @@ def _print_summary(mb: AsyncMicroBatching, outcomes: list[Any], elapsed: float) 
     print(
         f"\nsummary after graceful shutdown ({elapsed:.2f} s):\n"
         f"  {stats.submitted} jobs submitted, {stats.completed} completed, {stats.failed} failed, "
-        f"{stats.retried} retries, {stats.pending} pending\n"
+        f"{stats.retried} {'retry' if stats.retried == 1 else 'retries'}, {stats.pending} pending\n"
         f"  {stats.batches} batches ({triggers}), mean size {stats.batch_size.mean:.1f}\n"
-        f"  every handle settled: {len(outcomes) - len(errors)} results, {len(errors)} errors"
+        f"  every handle settled: {plural(len(outcomes) - len(errors), 'result')}, "
+        f"{plural(len(errors), 'error')}"
     )

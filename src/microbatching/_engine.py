@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._batch import Batch, check_results
+from ._batch import Batch, check_results, plural
 from ._events import EventEmitter
 from ._job import Job
 from ._options import Options, resolve_processor
@@ -410,7 +410,8 @@ class Engine:
                 results = await asyncio.wait_for(pending, timeout)
             except asyncio.TimeoutError:
                 raise BatchTimeoutError(
-                    f"processor ran longer than batch_timeout={timeout}s on a batch of {len(jobs)} jobs"
+                    f"processor ran longer than batch_timeout={timeout}s "
+                    f"on a batch of {plural(len(jobs), 'job')}"
                 ) from None
         if inspect.isawaitable(results):  # a plain callable that returned a coroutine
             results = await results
@@ -489,7 +490,8 @@ class Engine:
                 handle.set_exception(final)
             except _ALREADY_SETTLED:
                 pass
-        self._counts["failed"] += 1
+        # An abandoned job did not fail: it is counted with the cancelled ones.
+        self._counts["cancelled" if isinstance(final, JobCancelledError) else "failed"] += 1
         if self._emitter._handlers.get("job_failed"):
             self._emitter.emit("job_failed", job, final)
         self._finalize(job, final, 1)
@@ -529,7 +531,7 @@ class Engine:
         if self._drain_task is None:
             self._drain_task = self._loop.create_task(self._drain(timeout, cancel))
         elif cancel and not self._abandoning:
-            self._abandon()
+            self._abandon("shutdown(cancel=True)")
         await asyncio.shield(self._drain_task)
 
     async def _drain(self, timeout: float | None, cancel: bool) -> None:
@@ -540,12 +542,9 @@ class Engine:
             self._open.due = "shutdown"
         self._pump()
         if cancel:
-            self._abandon()
+            self._abandon("shutdown(cancel=True)")
         elif not await self._wait_idle(timeout):
-            logger.warning(
-                "shutdown timed out after %ss: abandoning %d unfinished jobs", timeout, self.pending
-            )
-            self._abandon()
+            self._abandon(f"shutdown timed out after {timeout}s")
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._closed = True
@@ -566,7 +565,7 @@ class Engine:
             return False
         return True
 
-    def _abandon(self) -> None:
+    def _abandon(self, reason: str) -> None:
         self._abandoning = True
         if self._timer is not None:
             self._timer.cancel()
@@ -581,7 +580,8 @@ class Engine:
         waiting.extend(self._adapter.abandon())
         if waiting or self._in_flight:
             logger.warning(
-                "shutdown abandons %d waiting and %d running jobs",
+                "%s: abandoning %d waiting and %d running jobs",
+                reason,
                 len(waiting),
                 self._in_flight,
                 extra={"abandoned_waiting": len(waiting), "abandoned_running": self._in_flight},

@@ -67,7 +67,8 @@ def _positive_int(name: str, value: object) -> None:
 
 def _positive_number(name: str, value: object, *, allow_zero: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or units, got {type(value).__name__} {value!r}")
+        what = "a number" if name == "max_batch_weight" else "a number of seconds"
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
     if value != value or value == float("inf") or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}")

@@ -51,6 +51,9 @@ class RetryPolicy:
         _check_number("jitter", self.jitter, minimum=0)
         if self.jitter > 1:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter}")
+        if isinstance(self.retry_on, type) and issubclass(self.retry_on, BaseException):
+            # retry_on=ValueError means (ValueError,), not "call ValueError(error)".
+            object.__setattr__(self, "retry_on", (self.retry_on,))
         if not callable(self.retry_on) and not _is_exception_tuple(self.retry_on):
             raise TypeError("retry_on must be a tuple of exception types or a callable")
 

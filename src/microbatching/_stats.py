@@ -63,9 +63,11 @@ class Stats:
     """A snapshot of a batcher's counters and recent distributions, taken by ``stats()``.
 
     Counters run from the start: ``submitted``, ``completed``, ``failed`` (final failures),
-    ``retried`` (retries scheduled), ``cancelled`` (by their submitter before their batch
-    started), ``processor_errors`` (batches whose processor raised, timed out or returned
-    the wrong number of results) and ``batches`` (dispatched, by trigger in
+    ``retried`` (retries scheduled), ``cancelled`` (dropped because their submitter
+    cancelled them before their batch started, or abandoned by ``shutdown(timeout=...)``
+    or ``shutdown(cancel=True)``; a durable queue keeps abandoned jobs for later),
+    ``processor_errors`` (batches whose processor raised, timed out or returned the wrong
+    number of results) and ``batches`` (dispatched, by trigger in
     ``batches_by_trigger``: ``size``, ``time``, ``weight``, ``shutdown``).
 
     Gauges are the state right now: ``pending`` counts accepted jobs not yet final:

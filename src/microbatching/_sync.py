@@ -15,7 +15,6 @@ from typing import Any
 from ._base import BatcherBase, State
 from ._job import Job, JobResult
 from ._stats import Stats
-from .errors import QueueFullError
 
 __all__ = ["MicroBatching"]
 
@@ -78,7 +77,10 @@ class MicroBatching(BatcherBase):
         At ``max_pending`` it waits for room (up to ``timeout`` seconds), or with
         ``block=False`` raises :class:`QueueFullError` at once.
         """
-        handle = job._handle
+        try:
+            handle = job._handle
+        except AttributeError:
+            raise TypeError(f"submit a Job, e.g. Job(data=...); got {type(job).__name__}") from None
         if handle is not None and not handle.done():
             raise ValueError(f"{job!r} is already submitted and not finished")
         if self._guarded:
@@ -100,10 +102,7 @@ class MicroBatching(BatcherBase):
         if slots is None:
             return
         if not slots.acquire(block, timeout):
-            raise QueueFullError(
-                f"max_pending={self.options.max_pending} jobs are pending"
-                + (f" and no room came within {timeout}s" if block else "")
-            )
+            raise self._queue_full(timeout if block else None)
         if self._state is not State.RUNNING:  # woken by shutdown
             slots.release()
             self._refuse_if_closed()

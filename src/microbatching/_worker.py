@@ -454,7 +454,9 @@ class Progress:
         rate = (finished - before) / max(now - then, 1e-9)
         self._last = (now, finished)
         mean = self.batched_jobs / self.batches if self.batches else 0.0
-        return (f"done {stats.completed}  failed {stats.failed}  retried {stats.retried}  "
+        # Jobs abandoned by a drain timeout are not failures: they go back to the queue.
+        given_back = f"  given back {stats.cancelled}" if stats.cancelled else ""
+        return (f"done {stats.completed}  failed {stats.failed}{given_back}  retried {stats.retried}  "
                 f"{rate:.0f} jobs/s  batches {self.batches} (mean size {mean:.1f})  "
                 f"in flight {stats.in_flight}")
 

@@ -1,4 +1,4 @@
-"""The ``microbatching`` command: ``microbatching demo`` (more subcommands as queues arrive)."""
+"""The ``microbatching`` command line: demo, worker, enqueue, stats, dead-letters."""
 
 from __future__ import annotations
 
@@ -10,15 +10,32 @@ __all__ = ["main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="microbatching", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="microbatching",
+        description="Batch single jobs by size, time and weight: a live demo, and durable workers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser("demo", help="run a live demo on the in-memory queue")
-    demo.add_argument("--jobs", type=int, default=60, help="how many jobs to submit (default 60)")
+    demo.add_argument("--jobs", type=_at_least_one, default=60, help="how many jobs to submit (default 60)")
     demo.add_argument("--seed", type=int, default=7, help="random seed of the arrival pattern")
     from ._worker import add_commands  # worker, enqueue, stats, dead-letters
 
     add_commands(commands)
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
