@@ -108,3 +108,22 @@ def test_batcher_handles_work_with_as_completed() -> None:
         handles = [mb.submit_job(Job(i, i)) for i in range(50)]
         got = sorted(h.result() for h in concurrent.futures.as_completed(handles, timeout=10))
     assert got == [i * 2 for i in range(50)]
+
+
+@pytest.mark.parametrize("watched", [False, True])
+def test_cancelling_twice_is_true_twice_and_runs_callbacks_once(watched: bool) -> None:
+    handle = JobResult(Job(1, 1))
+    if watched:
+        _ = handle._condition
+    calls: list[bool] = []
+    handle.add_done_callback(lambda h: calls.append(h.cancelled()))
+    assert handle.cancel() is True
+    assert handle.cancel() is True
+    assert calls == [True]
+
+
+def test_a_raising_callback_on_a_settled_handle_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    handle = JobResult(Job(1, 1))
+    handle.set_result(1)
+    handle.add_done_callback(lambda h: 1 / 0)
+    assert "done callback" in caplog.text

@@ -46,6 +46,7 @@ class AsyncMicroBatching(BatcherBase):
         if self.options.max_pending is not None:
             self._engine.on_final = self._room_freed
         self._engine.bind(self._loop)
+        self._engine.reraise_interrupts = self._engine._is_async
         self._now = self._engine.now
         self._admit = self._engine.admit
         self._state = State.RUNNING
@@ -95,8 +96,12 @@ class AsyncMicroBatching(BatcherBase):
             remaining = None if deadline is None else max(0.0, deadline - self._loop.time())
             try:
                 await asyncio.wait_for(waiter, remaining)
-            except asyncio.TimeoutError:
-                raise self._queue_full(timeout) from None
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self._room_freed(1)  # we were woken but leave: hand the wake-up on
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise self._queue_full(timeout) from None
+                raise
             finally:
                 if waiter in self._room_waiters:
                     self._room_waiters.remove(waiter)
@@ -119,6 +124,10 @@ class AsyncMicroBatching(BatcherBase):
         if self._state is State.NEW:
             self._state = State.CLOSED
             return
+        if self._engine.is_processing_here():
+            raise RuntimeError(
+                "shutdown() cannot be awaited inside the processor: it would wait for its own batch"
+            )
         if self._state is State.RUNNING:
             self._state = State.CLOSING
             self._update_guard()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -117,11 +118,13 @@ class _SyncCaller(_Caller):
     """One :class:`MicroBatching` (its own loop thread); the call blocks for the result."""
 
     _batcher: MicroBatching | None = None
+    _starting = threading.Lock()  # the first concurrent calls must not each start one
 
     def call(self, item: Any) -> Any:
         batcher = self._batcher
         if batcher is None:
-            batcher = self._batcher = self._start()
+            with self._starting:
+                batcher = self._batcher = self._batcher or self._start()
         return batcher.submit_job(Job(None, item)).result()
 
     def _start(self) -> MicroBatching:

@@ -248,10 +248,12 @@ class ClaimAdapter(Adapter):
     def _fail_handle(self, job: Job[Any]) -> None:
         handle = job._handle
         if handle is not None and not handle.done():
-            handle.set_exception(JobCancelledError(
-                f"job {job.id!r} is still in the durable queue {self.queue!r}: this batcher shut down "
-                "before processing it to the end; a worker on that queue will process it"
-            ))
+            handle.set_exception(
+                JobCancelledError(
+                    f"job {job.id!r} is still in the durable queue {self.queue!r}: this batcher shut down "
+                    "before processing it to the end; a worker on that queue will process it"
+                )
+            )
 
     # -- bulk writes ---------------------------------------------------------------------------
 

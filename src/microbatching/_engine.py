@@ -29,6 +29,9 @@ __all__ = ["Adapter", "Engine"]
 
 logger = logging.getLogger("microbatching")
 
+# Which engine's sync processor the current worker thread is running, if any.
+_processing = threading.local()
+
 _ALREADY_SETTLED = (asyncio.InvalidStateError, concurrent.futures.InvalidStateError)
 # Threads beyond max_concurrent_batches, for sync processors that outlived batch_timeout:
 # such a thread cannot be killed, so the pool keeps room for new batches beside it.
@@ -124,10 +127,12 @@ class Engine:
         "admit",
         "announce_added",
         "now",
+        "on_counted",
         "on_final",
         "options",
         "pending",
         "recorder",
+        "reraise_interrupts",
         "wrap_errors",
     )  # fmt: skip
 
@@ -155,10 +160,16 @@ class Engine:
         self._closed = False
         self._idle: asyncio.Future[None] | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        #: Told how many jobs stopped counting as pending (final, or given back to a queue),
+        #: and how many started counting without a submit (delivered from elsewhere).
         self.on_final: Callable[[int], None] | None = None
+        self.on_counted: Callable[[int], None] | None = None
         #: Fail jobs with JobFailedError (cause, attempts); the decorator turns it off to
         #: raise the processor's own error, as a plain function call would.
         self.wrap_errors = True
+        #: Re-raise KeyboardInterrupt/SystemExit from a processor: only on the caller's own
+        #: loop (AsyncMicroBatching), never on MicroBatching's private loop thread.
+        self.reraise_interrupts = False
         self.pending = 0
         self._counts = {
             "completed": 0,
@@ -175,10 +186,7 @@ class Engine:
             self._accept_plain if self._weigh is None else self._accept_weighed
         )
         self._enter = adapter.admit
-        if type(adapter) is Adapter and self._weigh is None:
-            self.admit = self._admit_direct
-        else:
-            self.admit = self._admit_via_adapter
+        self.admit = self._admit
         #: The job_added handlers (empty when nobody listens): the batcher updates it as
         #: listeners change, so the per-job path reads one slot instead of looking it up.
         self.announce_added: tuple[Callable[..., Any], ...] = ()
@@ -200,42 +208,49 @@ class Engine:
 
     # -- admission -------------------------------------------------------------------------
 
-    def _admit_via_adapter(self, job: Job[Any]) -> None:
-        """``admit``: a newly submitted job is counted, announced and handed to the queue."""
+    def _admit(self, job: Job[Any]) -> None:
+        """``admit``: a newly submitted job is counted, announced and handed to the queue
+        (for the in-memory queue, ``_enter`` is ``accept``: straight into the open batch)."""
         self.pending += 1
         if self.announce_added:
             self._emitter.dispatch("job_added", self.announce_added, (job,))
         self._enter(job)
 
-    def _admit_direct(self, job: Job[Any]) -> None:
-        """``admit`` for the in-memory queue: the same, with ``_accept_plain`` written inline.
-
-        This is the hot path of every submit; saving the one call is worth its four lines.
-        """
-        self.pending += 1
-        if self.announce_added:
-            self._emitter.dispatch("job_added", self.announce_added, (job,))
-        jobs = self._open.jobs
-        jobs.append(job)
-        if len(jobs) == 1:
-            self._opened(job)
-        if len(jobs) >= self._batch_size:
-            self._close("size")
-
     def admit_threadsafe(self, job: Job[Any]) -> None:
         """``admit(job)`` from any thread (refused once shutdown has begun)."""
         self._inbox.append(job)
-        # Wake-ups are coalesced: one loop callback drains every job queued meanwhile.
-        if not self._inbox_scheduled:
-            self._inbox_scheduled = True
-            self._loop.call_soon_threadsafe(self._drain_inbox)
+        self._wake()
 
     def deliver_threadsafe(self, job: Job[Any]) -> None:
         """``deliver(job)`` from any thread."""
         self._deliveries.append(job)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Have the loop drain the inboxes; wake-ups are coalesced into one callback."""
+        if self._closed:  # the loop is gone or going: settle what is left from this thread
+            self._reject_leftovers()
+            return
         if not self._inbox_scheduled:
             self._inbox_scheduled = True
-            self._loop.call_soon_threadsafe(self._drain_inbox)
+            try:
+                self._loop.call_soon_threadsafe(self._drain_inbox)
+            except RuntimeError:  # the loop closed between the check and the call
+                self._reject_leftovers()
+
+    def _reject_leftovers(self) -> None:
+        """Settle jobs that reached the inboxes after the engine closed (any thread)."""
+        while self._inbox:
+            try:
+                self._reject_late(self._inbox.popleft())
+            except IndexError:  # another thread took the last one
+                break
+        while self._deliveries:
+            try:
+                job = self._deliveries.popleft()
+            except IndexError:
+                break
+            logger.warning("dropping %r: delivered by the queue after shutdown", job)
 
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False  # before popping: a later append schedules again
@@ -257,8 +272,10 @@ class Engine:
             logger.warning("dropping %r: delivered by the queue after shutdown", job)
             return
         own = self._adapter.delivered(job)
-        if own is None:  # submitted elsewhere: it becomes pending here
+        if own is None:  # submitted elsewhere (or given back to a durable queue): pending again
             self.pending += 1
+            if self.on_counted is not None:
+                self.on_counted(1)
             own = job
         own._ready_at = self.now()
         self.accept(own)
@@ -276,10 +293,10 @@ class Engine:
         """``accept``: put a ready job into the open batch; dispatch on size, or at once when draining."""
         jobs = self._open.jobs
         jobs.append(job)
-        if len(jobs) == 1:
-            self._opened(job)
         if len(jobs) >= self._batch_size:
             self._close("size")
+        elif len(jobs) == 1:
+            self._opened(job)
 
     def _accept_weighed(self, job: Job[Any]) -> None:
         """``accept`` with a weight limit: close the batch before it would grow too heavy."""
@@ -294,12 +311,12 @@ class Engine:
         batch = self._open
         batch.jobs.append(job)
         batch.weight += weight
-        if len(batch.jobs) == 1:
-            self._opened(job)
         if len(batch.jobs) >= self._batch_size:
             self._close("size")
         elif batch.weight >= limit:
             self._close("weight")
+        elif len(batch.jobs) == 1:
+            self._opened(job)
 
     def _opened(self, job: Job[Any]) -> None:
         # The time trigger counts from the moment the batch's first job became ready.
@@ -363,14 +380,28 @@ class Engine:
             ended = self.now()
             self._in_flight -= len(jobs)
             self._running -= 1
-        if error is None:
-            self._settle(batch, jobs, results)
-        else:
-            self._fail_batch(batch, jobs, error)
-        self.recorder.record(batch, jobs, results, ended, error)
-        self._pump()
-        if self._is_async and isinstance(error, (KeyboardInterrupt, SystemExit)):
+        try:
+            if error is None:
+                self._settle(batch, jobs, results)
+            else:
+                self._fail_batch(batch, jobs, error)
+            self.recorder.record(batch, jobs, results, ended, error)
+        except Exception as exc:  # a bug in a hook (an adapter, say): strand no job, stop nothing
+            logger.exception("settling batch %s failed; failing its unsettled jobs", batch.id)
+            self._fail_unsettled(jobs, exc)
+        finally:
+            self._pump()
+        if self.reraise_interrupts and isinstance(error, (KeyboardInterrupt, SystemExit)):
             raise error  # raised on the caller's loop: let it stop the program, jobs settled first
+
+    def _fail_unsettled(self, jobs: list[Job[Any]], error: BaseException) -> None:
+        for job in jobs:
+            handle = job._handle
+            if handle is not None and not handle.done():
+                try:
+                    self.fail_for_good(job, error)
+                except Exception:
+                    logger.exception("could not fail %r", job)
 
     def _start_attempts(self, batch: Batch) -> list[Job[Any]]:
         """Count the attempt of each job; drop the ones whose handle was cancelled meanwhile."""
@@ -381,8 +412,8 @@ class Engine:
             if handle is not None and handle.done():
                 dropped = True
             job.attempts += 1
-        if dropped:
-            live = [job for job in live if not self._dropped_if_cancelled(job)]
+        if dropped:  # events and the processor see only the jobs that run
+            live = batch.jobs = [job for job in live if not self._dropped_if_cancelled(job)]
         batch.started_at = self.now()
         if self._emitter._handlers.get("batch_started"):
             self._emitter.emit("batch_started", batch)
@@ -399,23 +430,41 @@ class Engine:
 
     async def _call(self, jobs: list[Job[Any]]) -> object:
         timeout = self.options.batch_timeout
-        if self._is_async:
-            pending: Any = self._func(list(jobs))
-        else:
-            pending = self._loop.run_in_executor(self._processor_threads(), self._func, list(jobs))
         if timeout is None:
-            results = await pending
-        else:
-            try:
-                results = await asyncio.wait_for(pending, timeout)
-            except asyncio.TimeoutError:
-                raise BatchTimeoutError(
-                    f"processor ran longer than batch_timeout={timeout}s "
-                    f"on a batch of {plural(len(jobs), 'job')}"
-                ) from None
+            return await self._invoke(jobs)
+        try:
+            return await asyncio.wait_for(self._invoke(jobs), timeout)
+        except asyncio.TimeoutError:
+            raise BatchTimeoutError(
+                f"processor ran longer than batch_timeout={timeout}s on a batch of {plural(len(jobs), 'job')}"
+            ) from None
+
+    async def _invoke(self, jobs: list[Job[Any]]) -> object:
+        """The processor's results for a copy of ``jobs`` (a copy: it may mutate the list)."""
+        if self._is_async:
+            return await self._func(list(jobs))
+        results = await self._loop.run_in_executor(self._processor_threads(), self._run_sync, list(jobs))
         if inspect.isawaitable(results):  # a plain callable that returned a coroutine
             results = await results
         return results
+
+    def _run_sync(self, jobs: list[Job[Any]]) -> object:
+        """The sync processor, in a worker thread that knows which engine it works for."""
+        _processing.engine = self
+        try:
+            return self._func(jobs)
+        finally:
+            _processing.engine = None
+
+    def is_processing_here(self) -> bool:
+        """Whether the caller runs inside this engine's processor (where shutdown would deadlock)."""
+        if getattr(_processing, "engine", None) is self:
+            return True
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no event loop runs in this thread
+            return False
+        return task is not None and task in self._tasks
 
     def _processor_threads(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:
@@ -461,21 +510,29 @@ class Engine:
             self._fail_job(job, error)
 
     def _fail_job(self, job: Job[Any], error: BaseException) -> None:
-        policy = self.options.retry
         handle = job._handle
-        if (
-            policy is not None
-            and not self._abandoning
-            and not (handle is not None and handle.done())
-            and policy.should_retry(error, job.attempts)
-        ):
-            delay = policy.delay(job.attempts)
+        if self._abandoning or (handle is not None and handle.done()):
+            self.fail_for_good(job, error)
+            return
+        delay = self._retry_delay(job, error)
+        if delay is not None:
             self._counts["retried"] += 1
             if self._emitter._handlers.get("job_retrying"):
                 self._emitter.emit("job_retrying", job, error, delay)
             self._adapter.retry(job, delay)
             return
         self.fail_for_good(job, error)
+
+    def _retry_delay(self, job: Job[Any], error: BaseException) -> float | None:
+        """Seconds until ``job`` may try again, or ``None`` when it gets no more attempts."""
+        policy = self.options.retry
+        if policy is None:
+            return None
+        try:
+            return policy.delay(job.attempts) if policy.should_retry(error, job.attempts) else None
+        except Exception:  # a retry_on predicate that raises: no retry, but no stranded job
+            logger.exception("the retry policy raised while judging %r; failing it for good", job)
+            return None
 
     def fail_for_good(self, job: Job[Any], error: BaseException) -> None:
         """Give ``job`` its final failure now, without retrying."""
@@ -528,6 +585,9 @@ class Engine:
 
     async def drain(self, timeout: float | None = None, cancel: bool = False) -> None:
         """Flush, finish (or with ``cancel``, abandon) every accepted job, then close."""
+        caller = asyncio.current_task()
+        if caller is not None and caller in self._emitter._tasks:  # an async handler shutting down
+            self._emitter._awaiting_shutdown.add(caller)
         if self._drain_task is None:
             self._drain_task = self._loop.create_task(self._drain(timeout, cancel))
         elif cancel and not self._abandoning:
@@ -535,6 +595,7 @@ class Engine:
         await asyncio.shield(self._drain_task)
 
     async def _drain(self, timeout: float | None, cancel: bool) -> None:
+        deadline = None if timeout is None else self._loop.time() + timeout
         self._drain_inbox()  # jobs submitted before shutdown began are still admitted
         self._draining = True
         self._emitter.emit("shutdown_started")
@@ -550,7 +611,8 @@ class Engine:
         self._closed = True
         self._drain_inbox()
         await self._adapter.close()
-        await self._emitter.wait_for_handlers()
+        left = None if deadline is None else max(0.0, deadline - self._loop.time())
+        await self._emitter.wait_for_handlers(left)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._emitter.emit("shutdown_completed")

@@ -43,6 +43,8 @@ class EventEmitter:
     def __init__(self) -> None:
         self._handlers: dict[str, tuple[Handler, ...]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Handler tasks that are awaiting the batcher's shutdown (see wait_for_handlers).
+        self._awaiting_shutdown: set[asyncio.Task[Any]] = set()
 
     def on(self, event: str, handler: H | None = None) -> Any:
         """Call ``handler`` on every ``event``; without a handler, acts as a decorator."""
@@ -67,6 +69,15 @@ class EventEmitter:
             self._set(event, kept)
 
     remove_listener = off
+
+    def _discard(self, event: str, handler: Handler) -> bool:
+        """Remove exactly ``handler`` (by identity); whether it was there."""
+        current = self._handlers.get(event, ())
+        kept = tuple(h for h in current if h is not handler)
+        if len(kept) == len(current):
+            return False
+        self._set(event, kept)
+        return True
 
     def remove_all_listeners(self, event: str | None = None) -> None:
         """Remove every handler of ``event``, or of every event."""
@@ -99,10 +110,19 @@ class EventEmitter:
             if outcome is not None and inspect.isawaitable(outcome):  # most handlers return None
                 self._run_async_handler(event, outcome)
 
-    async def wait_for_handlers(self) -> None:
-        """Wait for the async handlers still running."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def wait_for_handlers(self, timeout: float | None = None) -> None:
+        """Wait (up to ``timeout`` seconds) for the async handlers still running, then cancel the rest.
+
+        A handler that is itself waiting for this (one that awaits ``shutdown()``) is not
+        waited for: that would wait forever.
+        """
+        current = asyncio.current_task()
+        waiting_on_us = {task for task in self._tasks if task is current or task in self._awaiting_shutdown}
+        pending = self._tasks - waiting_on_us
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=timeout)
+            for task in late:
+                task.cancel()
 
     def _run_async_handler(self, event: str, outcome: Any) -> None:
         task = asyncio.ensure_future(outcome)
@@ -151,5 +171,8 @@ class _Once:
         self.emitter, self.event, self.func = emitter, event, func
 
     def __call__(self, *args: Any) -> Any:
-        self.emitter.off(self.event, self.func)
-        return self.func(*args)
+        # Remove this wrapper only (an on() of the same function stays), and call the
+        # function only if this call is the one that removed it: once means once.
+        if self.emitter._discard(self.event, self):
+            return self.func(*args)
+        return None

@@ -134,7 +134,7 @@ class JobResult(concurrent.futures.Future[Any]):
         for callback in self._done_callbacks:
             try:
                 callback(self)
-            except Exception:  # noqa: PERF203  (each callback is isolated from the others)
+            except Exception:  # each callback is isolated from the others
                 logger.exception("a done callback of %r raised", self)
 
     def set_result(self, result: Any) -> None:
@@ -150,19 +150,20 @@ class JobResult(concurrent.futures.Future[Any]):
     def cancel(self) -> bool:
         """Cancel the job if its batch has not started; returns whether it is cancelled."""
         with _handles_lock:
-            if self._cond is None:
-                if self._state == _FINISHED:
-                    return False
+            cond = self._cond
+            if cond is None:
+                if self._state != _PENDING:
+                    return self._state != _FINISHED  # already cancelled: True, once
                 self._state = _NOTIFIED  # nobody is waiting: nothing left to notify
-                settled_here = True
-            else:
-                settled_here = False
-        if not settled_here:
-            if not super().cancel():
-                return False
-            # Mark it notified, as an executor would, so wait() and as_completed() see it done.
-            self.set_running_or_notify_cancel()
-            return True
+        if cond is not None:
+            with cond:  # the base-class path, done in one step so concurrent cancels agree
+                if self._state != _PENDING:
+                    return self._state != _FINISHED
+                # Notified at once, as an executor would: wait() and as_completed() see it done.
+                self._state = _NOTIFIED
+                for waiter in self._waiters:
+                    waiter.add_cancelled(self)
+                cond.notify_all()
         self._run_callbacks()
         return True
 
@@ -198,8 +199,11 @@ class JobResult(concurrent.futures.Future[Any]):
                 return
         if self._cond is not None:
             super().add_done_callback(fn)
-        else:
+            return
+        try:
             fn(self)
+        except Exception:
+            logger.exception("a done callback of %r raised", self)
 
     def __repr__(self) -> str:
         return f"<JobResult job={self.job.id!r} {self._state.lower()}>"

@@ -109,14 +109,15 @@ def encode(serializer: Serializer, job_id: Any, data: Any, limit: int | None) ->
     try:
         encoded_id = serializer.dumps(job_id)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise SerializationError(
-            f"job id {job_id!r} cannot be encoded as {serializer.name}: {exc}"
-        ) from exc
+        raise SerializationError(f"job id {job_id!r} cannot be encoded as {serializer.name}: {exc}") from exc
     try:
         payload = serializer.dumps(data)
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        hint = " (pass serializer='pickle' to the queue to store any picklable object)" if (
-            serializer.name == "json") else ""
+        hint = (
+            " (pass serializer='pickle' to the queue to store any picklable object)"
+            if (serializer.name == "json")
+            else ""
+        )
         raise SerializationError(
             f"data of job {job_id!r} cannot be encoded as {serializer.name}: {exc}{hint}"
         ) from exc

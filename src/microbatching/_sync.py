@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures.thread  # noqa: F401  (import its exit hook before registering ours)
+import concurrent.futures.thread
+import logging
 import threading
 import weakref
 from concurrent.futures import Future
@@ -17,6 +18,8 @@ from ._job import Job, JobResult
 from ._stats import Stats
 
 __all__ = ["MicroBatching"]
+
+logger = logging.getLogger("microbatching")
 
 
 class MicroBatching(BatcherBase):
@@ -32,7 +35,7 @@ class MicroBatching(BatcherBase):
 
     _loop: asyncio.AbstractEventLoop
     _thread: threading.Thread
-    _slots: threading.Semaphore | None = None
+    _room: _Room | None = None
 
     def start(self) -> None:
         """Start the loop thread (idempotent; a shut-down batcher cannot be restarted)."""
@@ -41,9 +44,10 @@ class MicroBatching(BatcherBase):
                 return
             self._refuse_if_closed()
             if self.options.max_pending is not None:
-                slots = threading.Semaphore(self.options.max_pending)
-                self._slots = slots
-                self._engine.on_final = lambda count: slots.release(count)
+                room = self._room = _Room(self.options.max_pending)
+                self._engine.on_final = room.give_back
+                self._engine.on_counted = room.count
+            self._shutdown_lock = threading.Lock()
             ready: Future[None] = Future()
             self._thread = threading.Thread(
                 target=self._run_loop, args=(ready,), name="microbatching-loop", daemon=True
@@ -98,14 +102,9 @@ class MicroBatching(BatcherBase):
             self.start()
         if self._prepare is not None:
             self._prepare(job)
-        slots = self._slots
-        if slots is None:
-            return
-        if not slots.acquire(block, timeout):
+        if self._room is not None and not self._room.take(block, timeout):
+            self._refuse_if_closed()  # woken by shutdown
             raise self._queue_full(timeout if block else None)
-        if self._state is not State.RUNNING:  # woken by shutdown
-            slots.release()
-            self._refuse_if_closed()
 
     def shutdown(self, timeout: float | None = None, *, cancel: bool = False) -> None:
         """Stop admission, flush the open batch at once, wait for every accepted job, stop the thread.
@@ -118,19 +117,25 @@ class MicroBatching(BatcherBase):
             if self._state is State.NEW:
                 self._state = State.CLOSED
                 return
-            if self._state is State.RUNNING:
-                self._state = State.CLOSING
-                self._update_guard()
-        if threading.current_thread() is self._thread:
-            raise RuntimeError("shutdown() cannot be called from the batcher's own loop thread")
-        if self._slots is not None:  # wake blocked submitters: they then see the shutdown
-            self._slots.release(self.options.max_pending or 0)
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._engine.drain(timeout, cancel), self._loop).result()
+        if threading.current_thread() is self._thread or self._engine.is_processing_here():
+            raise RuntimeError(
+                "shutdown() cannot be called from an event handler or the processor: it would wait "
+                "for itself (call it from another thread, after the batch returns)"
+            )
+        with self._shutdown_lock:  # a second caller waits here until the first is done
+            if self._state is State.CLOSED:
+                return
+            self._state = State.CLOSING
+            self._update_guard()
+            if self._room is not None:
+                self._room.close()  # blocked submitters wake up and see the shutdown
+            drained = asyncio.run_coroutine_threadsafe(self._engine.drain(timeout, cancel), self._loop)
+            drained.result()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
-        self._state = State.CLOSED
-        _exit_hooks.discard(self)
+            self._engine._reject_leftovers()  # submits that raced the loop's stop
+            self._state = State.CLOSED
+            _exit_hooks.discard(self)
 
     def stats(self) -> Stats:
         """A consistent snapshot of the counters, taken on the loop thread."""
@@ -141,8 +146,16 @@ class MicroBatching(BatcherBase):
         ):
             return self._engine_stats()
         snapshot: Future[Stats] = Future()
-        self._loop.call_soon_threadsafe(lambda: snapshot.set_result(self._engine_stats()))
-        return snapshot.result()
+        try:
+            self._loop.call_soon_threadsafe(lambda: snapshot.set_result(self._engine_stats()))
+        except RuntimeError:  # the loop closed meanwhile: nothing moves any more
+            return self._engine_stats()
+        while self._thread.is_alive():  # the loop may stop before it runs the callback
+            try:
+                return snapshot.result(timeout=0.05)
+            except concurrent.futures.TimeoutError:  # not the builtin TimeoutError before 3.11
+                continue
+        return self._engine_stats()
 
     def __enter__(self) -> MicroBatching:
         self.start()
@@ -158,9 +171,47 @@ _lifecycle_lock = threading.RLock()
 _exit_hooks: weakref.WeakSet[MicroBatching] = weakref.WeakSet()
 
 
+class _Room:
+    """``max_pending`` across threads: jobs counted in at submit (or delivery), out when final."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._used = 0
+        self._closed = False
+        self._changed = threading.Condition(threading.Lock())
+
+    def take(self, block: bool, timeout: float | None) -> bool:
+        """Count one job in; False if there is no room (in time) or the batcher closed."""
+        with self._changed:
+            if self._used >= self._limit and block:
+                self._changed.wait_for(lambda: self._used < self._limit or self._closed, timeout)
+            if self._used >= self._limit or self._closed:
+                return False
+            self._used += 1
+            return True
+
+    def count(self, jobs: int) -> None:
+        """Jobs that arrived without a submit (delivered by a queue) count too."""
+        with self._changed:
+            self._used += jobs
+
+    def give_back(self, jobs: int) -> None:
+        with self._changed:
+            self._used -= jobs
+            self._changed.notify(jobs)
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+
 def _drain_at_exit() -> None:
     for batcher in list(_exit_hooks):
-        batcher.shutdown()
+        try:
+            batcher.shutdown()
+        except Exception:  # one batcher's failure must not leave the others undrained
+            logger.exception("draining %r at exit failed", batcher)
 
 
 # Run before concurrent.futures' own exit hook stops the processor threads (it is the

@@ -59,52 +59,120 @@ class UsageError(Exception):
 
 def add_commands(commands: Any) -> None:
     """Register ``worker``, ``enqueue``, ``stats`` and ``dead-letters`` on the subparsers."""
-    worker = commands.add_parser("worker", help="process jobs from a durable queue",
-                                 description="Process jobs from a durable queue in batches until "
-                                 "SIGTERM/SIGINT (a second SIGINT stops at once).")
-    worker.add_argument("processor", metavar="PACKAGE.MODULE:PROCESSOR",
-                        help="the batch processor: a callable, an object with process_batch(jobs), "
-                        "or a class of such objects (instantiated without arguments)")
+    worker = commands.add_parser(
+        "worker",
+        help="process jobs from a durable queue",
+        description="Process jobs from a durable queue in batches until "
+        "SIGTERM/SIGINT (a second SIGINT stops at once).",
+    )
+    worker.add_argument(
+        "processor",
+        metavar="PACKAGE.MODULE:PROCESSOR",
+        help="the batch processor: a callable, an object with process_batch(jobs), "
+        "or a class of such objects (instantiated without arguments)",
+    )
     _queue_options(worker)
-    worker.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
-                        help=f"jobs per batch at most (default {DEFAULT_BATCH_SIZE})")
-    worker.add_argument("--batch-interval", type=float, default=DEFAULT_BATCH_INTERVAL, metavar="S",
-                        help="seconds a partial batch waits for more jobs "
-                        f"(default {DEFAULT_BATCH_INTERVAL})")
-    worker.add_argument("--concurrency", type=int, default=1, metavar="N",
-                        help="batches processed at once (default 1)")
-    worker.add_argument("--max-attempts", type=int, default=3, metavar="N",
-                        help="attempts per job before it is dead-lettered (default 3)")
-    worker.add_argument("--retry-delay", type=float, default=1.0, metavar="S",
-                        help="delay before the first retry, doubling each time (default 1.0)")
-    worker.add_argument("--max-retry-delay", type=float, default=60.0, metavar="S",
-                        help="longest delay between attempts (default 60)")
-    worker.add_argument("--batch-timeout", type=float, default=None, metavar="S",
-                        help="fail a batch whose processor runs longer (default: no limit)")
-    worker.add_argument("--lease", type=float, default=30.0, metavar="S",
-                        help="lease on claimed jobs, renewed while they are worked on; a dead "
-                        "worker's jobs come back after it (default 30)")
-    worker.add_argument("--drain-timeout", type=float, default=None, metavar="S",
-                        help="on SIGTERM/SIGINT, give unfinished jobs back after S seconds (exit 3)")
-    worker.add_argument("--until-empty", action="store_true",
-                        help="exit 0 once the queue has no pending, delayed or in-flight job")
-    worker.add_argument("--log-interval", type=float, default=10.0, metavar="S",
-                        help="seconds between progress lines when not on a terminal (default 10)")
+    worker.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help=f"jobs per batch at most (default {DEFAULT_BATCH_SIZE})",
+    )
+    worker.add_argument(
+        "--batch-interval",
+        type=float,
+        default=DEFAULT_BATCH_INTERVAL,
+        metavar="S",
+        help=f"seconds a partial batch waits for more jobs (default {DEFAULT_BATCH_INTERVAL})",
+    )
+    worker.add_argument(
+        "--concurrency", type=int, default=1, metavar="N", help="batches processed at once (default 1)"
+    )
+    worker.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="attempts per job before it is dead-lettered (default 3)",
+    )
+    worker.add_argument(
+        "--retry-delay",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="delay before the first retry, doubling each time (default 1.0)",
+    )
+    worker.add_argument(
+        "--max-retry-delay",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="longest delay between attempts (default 60)",
+    )
+    worker.add_argument(
+        "--batch-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="fail a batch whose processor runs longer (default: no limit)",
+    )
+    worker.add_argument(
+        "--lease",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="lease on claimed jobs, renewed while they are worked on; a dead "
+        "worker's jobs come back after it (default 30)",
+    )
+    worker.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="on SIGTERM/SIGINT, give unfinished jobs back after S seconds (exit 3)",
+    )
+    worker.add_argument(
+        "--until-empty",
+        action="store_true",
+        help="exit 0 once the queue has no pending, delayed or in-flight job",
+    )
+    worker.add_argument(
+        "--log-interval",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds between progress lines when not on a terminal (default 10)",
+    )
     worker.add_argument("--quiet", action="store_true", help="no progress output, only warnings")
-    worker.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
-                        help="serve Prometheus metrics at http://ADDR:PORT/metrics "
-                             "(needs microbatching[prometheus])")
-    worker.add_argument("--metrics-addr", default="0.0.0.0", metavar="ADDR",
-                        help="address of the metrics server (default 0.0.0.0: every interface)")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://ADDR:PORT/metrics (needs microbatching[prometheus])",
+    )
+    worker.add_argument(
+        "--metrics-addr",
+        default="0.0.0.0",
+        metavar="ADDR",
+        help="address of the metrics server (default 0.0.0.0: every interface)",
+    )
     worker.set_defaults(handler=run_worker)
 
-    enqueue = commands.add_parser("enqueue", help="add jobs to a durable queue",
-                                  description="Add one job per JSON value: each argument, or each "
-                                  "line of standard input when there is none.")
+    enqueue = commands.add_parser(
+        "enqueue",
+        help="add jobs to a durable queue",
+        description="Add one job per JSON value: each argument, or each "
+        "line of standard input when there is none.",
+    )
     _queue_options(enqueue)
     enqueue.add_argument("data", nargs="*", metavar="JSON", help="job data, one JSON value per job")
-    enqueue.add_argument("--with-ids", action="store_true",
-                         help='each value is {"id": ..., "data": ...} rather than the data alone')
+    enqueue.add_argument(
+        "--with-ids",
+        action="store_true",
+        help='each value is {"id": ..., "data": ...} rather than the data alone',
+    )
     enqueue.set_defaults(handler=run_enqueue)
 
     stats = commands.add_parser("stats", help="show a durable queue's counts")
@@ -118,8 +186,10 @@ def add_commands(commands: Any) -> None:
     _queue_options(listing)
     listing.add_argument("--limit", type=int, default=100, metavar="N", help="at most N (default 100)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    for name, text in (("requeue", "put dead letters back in the queue, attempts reset"),
-                       ("purge", "delete dead letters for good")):
+    for name, text in (
+        ("requeue", "put dead letters back in the queue, attempts reset"),
+        ("purge", "delete dead letters for good"),
+    ):
         action = actions.add_parser(name, help=text)
         _queue_options(action)
         action.add_argument("keys", nargs="*", metavar="KEY", help="the dead letters' keys (see list)")
@@ -128,11 +198,18 @@ def add_commands(commands: Any) -> None:
 
 
 def _queue_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--queue", default=DEFAULT_QUEUE, metavar="URL",
-                        help=f"the queue (default {DEFAULT_QUEUE}, a file in the working directory)")
-    parser.add_argument("--serializer", choices=("json", "pickle"), default="json",
-                        help="how the queue's jobs are encoded (default json; pickle only for "
-                        "trusted writers)")
+    parser.add_argument(
+        "--queue",
+        default=DEFAULT_QUEUE,
+        metavar="URL",
+        help=f"the queue (default {DEFAULT_QUEUE}, a file in the working directory)",
+    )
+    parser.add_argument(
+        "--serializer",
+        choices=("json", "pickle"),
+        default="json",
+        help="how the queue's jobs are encoded (default json; pickle only for trusted writers)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -220,7 +297,7 @@ def run_enqueue(args: argparse.Namespace) -> int:
     async def work(queue: ClaimQueue) -> None:
         messages = [queue.encode(job) for job in jobs]  # refuse bad input before storing any
         for start in range(0, len(messages), _ENQUEUE_CHUNK):
-            await queue.enqueue(messages[start:start + _ENQUEUE_CHUNK])
+            await queue.enqueue(messages[start : start + _ENQUEUE_CHUNK])
 
     try:
         _run_on_queue(args, work)
@@ -261,8 +338,15 @@ def run_stats(args: argparse.Namespace) -> int:
         print(json.dumps({"queue": redact(args.queue), **vars(stats)}))
         return EXIT_OK
     age = "-" if stats.oldest_age is None else f"{stats.oldest_age:.1f} s"
-    rows = [("queue", redact(args.queue)), ("pending", stats.pending), ("delayed", stats.delayed),
-            ("in flight", stats.in_flight), ("done", stats.done), ("dead", stats.dead), ("oldest", age)]
+    rows = [
+        ("queue", redact(args.queue)),
+        ("pending", stats.pending),
+        ("delayed", stats.delayed),
+        ("in flight", stats.in_flight),
+        ("done", stats.done),
+        ("dead", stats.dead),
+        ("oldest", age),
+    ]
     for name, value in rows:
         print(f"{name:<10} {value}")
     return EXIT_OK
@@ -271,6 +355,7 @@ def run_stats(args: argparse.Namespace) -> int:
 def run_dead_letters(args: argparse.Namespace) -> int:
     """``microbatching dead-letters list|requeue|purge``."""
     if args.action == "list":
+
         async def listing(queue: ClaimQueue) -> Any:
             return await queue.dead_letters(args.limit)
 
@@ -281,8 +366,10 @@ def run_dead_letters(args: argparse.Namespace) -> int:
             else:
                 data = json.dumps(_jsonable(dead.data))
                 data = data if len(data) <= 60 else data[:57] + "..."
-                print(f"{dead.key}  id={_jsonable(dead.job_id)!r}  attempts={dead.attempts}  "
-                      f"error={dead.error}  data={data}")
+                print(
+                    f"{dead.key}  id={_jsonable(dead.job_id)!r}  attempts={dead.attempts}  "
+                    f"error={dead.error}  data={data}"
+                )
         return EXIT_OK
     if not args.keys and not args.all:
         raise UsageError(f"{args.action}: give the keys of the dead letters (see list), or --all")
@@ -314,8 +401,11 @@ def run_worker(args: argparse.Namespace) -> int:
     _check_worker_args(args)
     processor = load_processor(args.processor)
     queue = open_queue(args.queue, args.serializer, lease=args.lease)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return asyncio.run(_work(args, processor, queue))
     except Exception:
@@ -337,20 +427,37 @@ def _check_worker_args(args: argparse.Namespace) -> None:
 
 
 async def _work(args: argparse.Namespace, processor: object, queue: ClaimQueue) -> int:
-    retry = RetryPolicy(max_attempts=args.max_attempts, base_delay=args.retry_delay,
-                        max_delay=max(args.max_retry_delay, args.retry_delay))
+    retry = RetryPolicy(
+        max_attempts=args.max_attempts,
+        base_delay=args.retry_delay,
+        max_delay=max(args.max_retry_delay, args.retry_delay),
+    )
     mb = AsyncMicroBatching(
-        queue, processor, batch_size=args.batch_size, batch_interval=args.batch_interval,
-        max_concurrent_batches=args.concurrency, retry=retry, batch_timeout=args.batch_timeout,
+        queue,
+        processor,
+        batch_size=args.batch_size,
+        batch_interval=args.batch_interval,
+        max_concurrent_batches=args.concurrency,
+        retry=retry,
+        batch_timeout=args.batch_timeout,
     )
     progress = Progress(mb, sys.stderr, args.log_interval, quiet=args.quiet)
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     mb.start()
     metrics = _serve_metrics(args, mb)
-    logger.info("worker %d started: %s on %s, batch_size=%d, batch_interval=%ss, concurrency=%d, "
-                "max_attempts=%d, lease=%ss", os.getpid(), args.processor, redact(args.queue),
-                args.batch_size, args.batch_interval, args.concurrency, args.max_attempts, args.lease)
+    logger.info(
+        "worker %d started: %s on %s, batch_size=%d, batch_interval=%ss, concurrency=%d, "
+        "max_attempts=%d, lease=%ss",
+        os.getpid(),
+        args.processor,
+        redact(args.queue),
+        args.batch_size,
+        args.batch_interval,
+        args.concurrency,
+        args.max_attempts,
+        args.lease,
+    )
     watchers = [asyncio.ensure_future(progress.run(stop))]
     if args.until_empty:
         watchers.append(asyncio.ensure_future(_stop_when_empty(args, mb, stop)))
@@ -398,8 +505,10 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
             logger.info("SIGINT: draining (press Ctrl-C again to stop at once)")
             terminate("SIGINT")
             return
-        sys.stderr.write("\nmicrobatching worker: second SIGINT, stopping at once; unfinished jobs "
-                         "return to the queue when their leases run out\n")
+        sys.stderr.write(
+            "\nmicrobatching worker: second SIGINT, stopping at once; unfinished jobs "
+            "return to the queue when their leases run out\n"
+        )
         sys.stderr.flush()
         os._exit(EXIT_INTERRUPTED)
 
@@ -456,9 +565,11 @@ class Progress:
         mean = self.batched_jobs / self.batches if self.batches else 0.0
         # Jobs abandoned by a drain timeout are not failures: they go back to the queue.
         given_back = f"  given back {stats.cancelled}" if stats.cancelled else ""
-        return (f"done {stats.completed}  failed {stats.failed}{given_back}  retried {stats.retried}  "
-                f"{rate:.0f} jobs/s  batches {self.batches} (mean size {mean:.1f})  "
-                f"in flight {stats.in_flight}")
+        return (
+            f"done {stats.completed}  failed {stats.failed}{given_back}  retried {stats.retried}  "
+            f"{rate:.0f} jobs/s  batches {self.batches} (mean size {mean:.1f})  "
+            f"in flight {stats.in_flight}"
+        )
 
     def report(self) -> None:
         """One progress update."""

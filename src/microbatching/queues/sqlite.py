@@ -168,8 +168,9 @@ class SQLiteQueue(ClaimQueue):
             raise ValueError(f"retry() needs one delay per job: {len(jobs)} jobs, {len(delays)} delays")
         now = time.time()
         params = [(now + delay, seq, token) for (seq, token), delay in zip(_refs(jobs), delays, strict=True)]
-        return await self._run(_update, "UPDATE mb_jobs SET token = NULL, available_at = ? "
-                               "WHERE seq = ? AND token = ?", params)
+        return await self._run(
+            _update, "UPDATE mb_jobs SET token = NULL, available_at = ? WHERE seq = ? AND token = ?", params
+        )
 
     async def release(self, jobs: Sequence[Job[Any]]) -> int:
         """Give back unattempted jobs: ready now, the claim's attempt undone."""
@@ -177,8 +178,12 @@ class SQLiteQueue(ClaimQueue):
             return 0
         now = time.time()
         params = [(now, seq, token) for seq, token in _refs(jobs)]
-        return await self._run(_update, "UPDATE mb_jobs SET token = NULL, available_at = ?, "
-                               "attempts = MAX(attempts - 1, 0) WHERE seq = ? AND token = ?", params)
+        return await self._run(
+            _update,
+            "UPDATE mb_jobs SET token = NULL, available_at = ?, "
+            "attempts = MAX(attempts - 1, 0) WHERE seq = ? AND token = ?",
+            params,
+        )
 
     async def dead_letter(self, failures: Sequence[tuple[Job[Any], str]]) -> int:
         """Move failed jobs, with their last error, to the ``mb_dead`` table."""
@@ -271,7 +276,7 @@ _CHUNK = 500  # bound parameters per statement: old SQLite builds allow 999
 
 
 def _chunks(seqs: list[int]) -> list[list[int]]:
-    return [seqs[i:i + _CHUNK] for i in range(0, len(seqs), _CHUNK)]
+    return [seqs[i : i + _CHUNK] for i in range(0, len(seqs), _CHUNK)]
 
 
 def _marks(count: int) -> str:
@@ -330,11 +335,20 @@ def _bury_exhausted(conn: sqlite3.Connection, now: float, max_attempts: int) -> 
     """Jobs whose lease expired after their last attempt: their consumer died each time."""
     rows = conn.execute(_EXHAUSTED, (now, max_attempts)).fetchall()
     if rows:
-        _dead_letter(conn, [
-            (f"WorkerLost: the lease expired during attempt {attempts}: the worker died or stalled "
-             f"while processing this job", now, seq, token)
-            for seq, token, attempts in rows
-        ], transaction=False)
+        _dead_letter(
+            conn,
+            [
+                (
+                    f"WorkerLost: the lease expired during attempt {attempts}: the worker died or stalled "
+                    f"while processing this job",
+                    now,
+                    seq,
+                    token,
+                )
+                for seq, token, attempts in rows
+            ],
+            transaction=False,
+        )
 
 
 def _ack(conn: sqlite3.Connection, refs: list[tuple[int, str]]) -> int:

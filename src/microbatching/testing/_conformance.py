@@ -25,7 +25,11 @@ T = TypeVar("T")
 
 #: Capabilities assumed for a queue that is not a ClaimQueue: none of the claim-level ones.
 _PUSH_QUEUE = QueueCapabilities(
-    durable=False, lease_expiry=False, lease_tokens=False, delayed_retry=False, dead_letters=False,
+    durable=False,
+    lease_expiry=False,
+    lease_tokens=False,
+    delayed_retry=False,
+    dead_letters=False,
     shared=False,
 )
 
@@ -143,7 +147,7 @@ class QueueConformance:
             handles = [mb.submit_job(Job(i, i)) for i in range(250)]
             _equal([h.result(timeout=self.patience) for h in handles], [i + 1 for i in range(250)])
         _equal(sorted(seen), list(range(250)))
-        _expect(max(sizes) <= 10, 'max(sizes) <= 10')
+        _expect(max(sizes) <= 10, "max(sizes) <= 10")
 
     def test_retry_comes_back_through_the_queue_after_its_delay(self) -> None:
         starts: list[tuple[int, float]] = []
@@ -156,7 +160,7 @@ class QueueConformance:
         with self.batcher(process, retry=policy) as mb:
             _equal(mb.submit_job(Job("r", None)).result(timeout=self.patience), "ok")
         _equal([attempt for attempt, _ in starts], [1, 2])
-        _expect(starts[1][1] - starts[0][1] >= 0.3 - 0.02, 'starts[1][1] - starts[0][1] >= 0.3 - 0.02')
+        _expect(starts[1][1] - starts[0][1] >= 0.3 - 0.02, "starts[1][1] - starts[0][1] >= 0.3 - 0.02")
 
     def test_final_failure_after_the_last_attempt(self) -> None:
         attempts: list[int] = []
@@ -180,7 +184,7 @@ class QueueConformance:
         mb = self.batcher(lambda jobs: [job.data for job in jobs], batch_size=7, batch_interval=30.0)
         handles = [mb.submit_job(Job(i, i)) for i in range(30)]
         mb.shutdown()  # flushes the partial batch at once, no 30 s wait
-        _expect(all(h.done() for h in handles), 'all(h.done() for h in handles)')
+        _expect(all(h.done() for h in handles), "all(h.done() for h in handles)")
         _equal([h.result(timeout=0) for h in handles], list(range(30)))
 
     def test_unencodable_data_is_refused_at_submit_naming_the_job(self) -> None:
@@ -326,9 +330,10 @@ class QueueConformance:
             jobs = await self.claim_eventually(queue, 3, 30.0)
             _equal(await queue.dead_letter([(job, f"ValueError: bad {job.id}") for job in jobs]), 3)
             dead = await queue.dead_letters()
-            _equal([(d.job_id, d.data, d.attempts, d.error) for d in dead], [
-                (i, {"i": i}, 1, f"ValueError: bad {i}") for i in range(3)
-            ])
+            _equal(
+                [(d.job_id, d.data, d.attempts, d.error) for d in dead],
+                [(i, {"i": i}, 1, f"ValueError: bad {i}") for i in range(3)],
+            )
             stats = await queue.stats()
             _equal((stats.dead, stats.pending, stats.in_flight), (3, 0, 0))
             _equal(await queue.requeue_dead([dead[0].key]), 1)
@@ -368,7 +373,7 @@ class QueueConformance:
             await slow.enqueue([slow.encode(Job("t", None))])
             (stale,) = await self.claim_eventually(slow, 1, self.lease)
             (fresh,) = await self.claim_eventually(fast, 1, 30.0)  # after the first lease ran out
-            _expect(stale.receipt.token != fresh.receipt.token, 'stale.receipt.token != fresh.receipt.token')
+            _expect(stale.receipt.token != fresh.receipt.token, "stale.receipt.token != fresh.receipt.token")
             _equal(await slow.ack([stale]), 0)
             _equal(await slow.retry([stale], [0.0]), 0)
             _equal(await slow.dead_letter([(stale, "late")]), 0)
