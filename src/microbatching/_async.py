@@ -48,7 +48,6 @@ class AsyncMicroBatching(BatcherBase):
         self._engine.bind(self._loop)
         self._engine.reraise_interrupts = self._engine._is_async
         self._now = self._engine.now
-        self._admit = self._engine.admit
         self._state = State.RUNNING
         # Only a bounded or encoding batcher needs checks on every submit.
         self._update_guard()
@@ -67,7 +66,7 @@ class AsyncMicroBatching(BatcherBase):
         future = self._create_future()
         job._handle = future
         job._submitted_at = job._ready_at = self._now()
-        self._admit(job)
+        self._engine.admit(job)
         return future
 
     def _check_admission(self, job: Job[Any]) -> None:

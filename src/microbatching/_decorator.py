@@ -66,7 +66,7 @@ def _wrapper(target: Callable[..., Any], caller: type[_Caller], options: dict[st
             # AsyncCaller.call, written inline: this is the hot path of every call.
             if running_loop() is not plain._loop:
                 plain._start_on_running_loop()
-            return plain._submit(Job(None, first))
+            return plain._batcher.submit_job_nowait(Job(None, first))
 
         return async_wrapper
 
@@ -94,12 +94,12 @@ class _AsyncCaller(_Caller):
     """One :class:`AsyncMicroBatching` per event loop; the call returns the job's future."""
 
     _loop: asyncio.AbstractEventLoop | None = None
-    _submit: Callable[[Job[Any]], asyncio.Future[Any]]
+    _batcher: AsyncMicroBatching
 
     def call(self, item: Any) -> asyncio.Future[Any]:
         if asyncio.get_running_loop() is not self._loop:
             self._start_on_running_loop()
-        return self._submit(Job(None, item))
+        return self._batcher.submit_job_nowait(Job(None, item))
 
     def _start_on_running_loop(self) -> None:
         func = self._func
@@ -110,7 +110,7 @@ class _AsyncCaller(_Caller):
         batcher = AsyncMicroBatching(None, process, **self._options)
         batcher._engine.wrap_errors = False
         batcher.start()
-        self._submit = batcher.submit_job_nowait
+        self._batcher = batcher
         self._loop = asyncio.get_running_loop()
 
 

@@ -54,7 +54,6 @@ class MicroBatching(BatcherBase):
             )
             self._thread.start()
             ready.result()
-            self._admit_threadsafe = self._engine.admit_threadsafe
             self._state = State.RUNNING
             self._update_guard()
             _exit_hooks.add(self)
@@ -92,7 +91,7 @@ class MicroBatching(BatcherBase):
         handle = JobResult(job)
         job._handle = handle
         job._submitted_at = job._ready_at = _monotonic()
-        self._admit_threadsafe(job)
+        self._engine.admit_threadsafe(job)
         return handle
 
     def _check_admission(self, job: Job[Any], block: bool, timeout: float | None) -> None:

@@ -359,7 +359,10 @@ def run_dead_letters(args: argparse.Namespace) -> int:
         async def listing(queue: ClaimQueue) -> Any:
             return await queue.dead_letters(args.limit)
 
-        for dead in _run_on_queue(args, listing):
+        dead_letters = _run_on_queue(args, listing)
+        if not dead_letters and not args.json:
+            print(f"no dead letters in {redact(args.queue)}")
+        for dead in dead_letters:
             if args.json:
                 fields = {**vars(dead), "data": _jsonable(dead.data), "job_id": _jsonable(dead.job_id)}
                 print(json.dumps(fields))
@@ -406,6 +409,9 @@ def run_worker(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if sys.stderr.isatty():  # a log record starts on a clean line, not after the live progress
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_clear_progress_line)
     try:
         return asyncio.run(_work(args, processor, queue))
     except Exception:
@@ -493,17 +499,16 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     interrupts = 0
 
-    def terminate(signame: str) -> None:
+    def terminate(signame: str, hint: str = "") -> None:
         if not stop.is_set():
-            logger.info("%s: draining (finishing batches in flight, claiming no more)", signame)
+            logger.info("%s: draining (finishing batches in flight, claiming no more%s)", signame, hint)
         stop.set()
 
     def interrupt() -> None:
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1:
-            logger.info("SIGINT: draining (press Ctrl-C again to stop at once)")
-            terminate("SIGINT")
+            terminate("SIGINT", "; Ctrl-C again stops at once")
             return
         sys.stderr.write(
             "\nmicrobatching worker: second SIGINT, stopping at once; unfinished jobs "
@@ -527,6 +532,11 @@ async def _stop_when_empty(args: argparse.Namespace, mb: AsyncMicroBatching, sto
                 stop.set()
     finally:
         await watcher.close()
+
+
+def _clear_progress_line(record: logging.LogRecord) -> bool:
+    sys.stderr.write("\r\033[K")
+    return True
 
 
 class Progress:
