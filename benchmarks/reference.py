@@ -68,4 +68,6 @@ class ReferenceBatcher:
         if self._items:
             self._flush()
         while self._tasks:
-            await asyncio.gather(*self._tasks)
+            running = list(self._tasks)
+            await asyncio.gather(*running)
+            self._tasks.difference_update(running)  # their done-callbacks may not have run yet

@@ -619,7 +619,11 @@ class Engine:
         elif not await self._wait_idle(timeout):
             self._abandon(f"shutdown timed out after {timeout}s")
         while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            # Discard finished tasks here: awaiting already-finished tasks does not yield,
+            # so their done-callbacks (which discard them too) would never get to run.
+            running = list(self._tasks)
+            await asyncio.gather(*running, return_exceptions=True)
+            self._tasks.difference_update(running)
         self._closed = True
         self._drain_inbox()
         await self._adapter.close()
