@@ -201,6 +201,8 @@ class Engine:
         default_clock = type(loop).time is asyncio.BaseEventLoop.time
         self.now: Callable[[], float] = time.monotonic if default_clock else loop.time
         self._thread_id = threading.get_ident()
+        if not self._is_async:
+            self._processor_threads()
 
     @property
     def draining(self) -> bool:
@@ -482,6 +484,13 @@ class Engine:
         if self._executor is None:
             workers = self.options.max_concurrent_batches + _SPARE_PROCESSOR_THREADS
             self._executor = concurrent.futures.ThreadPoolExecutor(workers, "microbatching-processor")
+            # Start every thread the pool may use now, not on demand: Python 3.12 refuses
+            # to start a thread at interpreter exit (when the exit hook still drains the
+            # batcher), and the pool queues the batch before it finds that out, so the
+            # batch would both fail and run.  The barrier holds each task until all run.
+            all_started = threading.Barrier(workers)
+            for _ in range(workers):
+                self._executor.submit(all_started.wait, 10)
         return self._executor
 
     # -- outcomes ----------------------------------------------------------------------------
