@@ -13,7 +13,6 @@ counts them done.  Skipped, with a message, when the queue does not exist.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
 import secrets
@@ -25,6 +24,7 @@ from typing import Any
 from harness import Comparison, Metrics, run_alternating
 
 from microbatching import AsyncMicroBatching, Job
+from microbatching.queues.sqlite import _SCHEMA, SQLiteQueue
 
 __all__ = ["bench"]
 
@@ -32,22 +32,9 @@ BATCH_SIZE = 100
 INTERVAL = 0.005
 
 
-def _sqlite_queue_class() -> Any:
-    try:
-        module = importlib.import_module("microbatching.queues.sqlite")
-    except ImportError:
-        return None
-    return getattr(module, "SQLiteQueue", None)
-
-
 def bench(n: int, repeats: int) -> Comparison:
-    """Compare the library on SQLite with the raw loop, or say why it is skipped."""
-    queue_class = _sqlite_queue_class()
-    if queue_class is None:
-        skipped = Comparison("durable (SQLite)", "raw sqlite3")
-        skipped.notes.append("SKIPPED: microbatching.queues.sqlite.SQLiteQueue does not exist yet")
-        return skipped
-    impls = {"sqlite": lambda: _ours(queue_class, n), "raw sqlite3": lambda: _raw(n)}
+    """Compare the library on SQLite with the raw loop of the same statements."""
+    impls = {"sqlite": lambda: _ours(SQLiteQueue, n), "raw sqlite3": lambda: _raw(n)}
     result = run_alternating(f"durable (SQLite, {n:,} jobs, one worker)", impls, repeats, "raw sqlite3")
     result.notes.append(
         "raw sqlite3: SQLiteQueue's schema and statements by hand: one INSERT transaction, then per batch "
@@ -85,23 +72,9 @@ def _ours(queue_class: Any, n: int) -> Metrics:
 # The raw loop's table and statements are those of SQLiteQueue (copied, not imported, so
 # the loop stays library-free): the same durable work per job, no more and no less.  Keep
 # them in step with src/microbatching/queues/sqlite.py.
-_RAW_SCHEMA = """
-CREATE TABLE mb_jobs (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-    key          TEXT    NOT NULL UNIQUE,
-    job_id       BLOB    NOT NULL,
-    payload      BLOB    NOT NULL,
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    recovered    INTEGER NOT NULL DEFAULT 0,
-    token        TEXT,
-    available_at REAL    NOT NULL,
-    enqueued_at  REAL    NOT NULL
-);
-CREATE INDEX mb_jobs_available ON mb_jobs (available_at);
-CREATE INDEX mb_jobs_leased ON mb_jobs (available_at) WHERE token IS NOT NULL;
-CREATE TABLE mb_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT INTO mb_meta VALUES ('done', '0');
-"""
+# The queue's own schema, so the raw loop stores exactly what the queue stores; only the
+# statements below are written by hand.
+_RAW_SCHEMA = _SCHEMA
 _LEASE = 30.0
 
 
