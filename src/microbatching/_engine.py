@@ -120,7 +120,6 @@ class Engine:
         "_retries",
         "_running",
         "_tasks",
-        "_thread_id",
         "_timer",
         "_triggers",
         "_weigh",
@@ -200,7 +199,6 @@ class Engine:
         # monotonic one (a custom loop, like a test's virtual clock, keeps its own).
         default_clock = type(loop).time is asyncio.BaseEventLoop.time
         self.now: Callable[[], float] = time.monotonic if default_clock else loop.time
-        self._thread_id = threading.get_ident()
         if not self._is_async:
             self._processor_threads()
 
@@ -439,7 +437,7 @@ class Engine:
             return False
         job.attempts -= 1  # counted above, but never started
         self._counts["cancelled"] += 1
-        self._finalize(job, JobCancelledError("job cancelled by its submitter"), 1)
+        self._finalize(job, JobCancelledError("job cancelled by its submitter"))
         return True
 
     async def _call(self, jobs: list[Job[Any]]) -> object:
@@ -521,7 +519,7 @@ class Engine:
         else:
             for job, result in zip(jobs, results, strict=False):
                 if not isinstance(result, Exception):
-                    self._finalize(job, None, 1)
+                    self._finalize(job, None)
 
     def _fail_batch(self, batch: Batch, jobs: list[Job[Any]], error: BaseException) -> None:
         self._counts["processor_errors"] += 1
@@ -572,7 +570,7 @@ class Engine:
         self._counts["cancelled" if isinstance(final, JobCancelledError) else "failed"] += 1
         if self._emitter._handlers.get("job_failed"):
             self._emitter.emit("job_failed", job, final)
-        self._finalize(job, final, 1)
+        self._finalize(job, final)
 
     def hold_for_retry(self, job: Job[Any], delay: float) -> None:
         """Keep ``job`` here for ``delay`` seconds, then hand it to the adapter's ``requeue``."""
@@ -591,9 +589,9 @@ class Engine:
         """
         self._finalized(1)
 
-    def _finalize(self, job: Job[Any], error: BaseException | None, count: int) -> None:
+    def _finalize(self, job: Job[Any], error: BaseException | None) -> None:
         self._adapter.finished(job, error)
-        self._finalized(count)
+        self._finalized(1)
 
     def _finalized(self, count: int) -> None:
         self.pending -= count
