@@ -74,7 +74,7 @@ def _ours(queue_class: Any, n: int) -> Metrics:
 # them in step with src/microbatching/queues/sqlite.py.
 # The queue's own schema, so the raw loop stores exactly what the queue stores; only the
 # statements below are written by hand.
-_RAW_SCHEMA = _SCHEMA
+_RAW_SCHEMA = _SCHEMA.format(jobs="mb_jobs", dead="mb_dead", meta="mb_meta")
 _LEASE = 30.0
 
 

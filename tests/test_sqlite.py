@@ -1,4 +1,4 @@
-"""SQLiteQueue specifics beyond the conformance suite: URLs, files, serializers, the batcher's use of it."""
+"""SQLiteQueue specifics beyond the conformance suite: URLs, files, serializers, indexes."""
 
 from __future__ import annotations
 
@@ -6,18 +6,16 @@ import asyncio
 import dataclasses
 import decimal
 import sqlite3
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from microbatching import AsyncMicroBatching, Job, JobCancelledError, MicroBatching, RetryPolicy
-from microbatching._serialization import JsonSerializer, PayloadTooLargeError, SerializationError
+from microbatching import Job, MicroBatching
 from microbatching.errors import MicroBatchingError
 from microbatching.queues import SQLiteQueue
 from microbatching.queues import sqlite as sqlite_module
+from microbatching.queues._serialization import JsonSerializer, PayloadTooLargeError, SerializationError
 
 
 def run(coroutine: Any) -> Any:
@@ -81,7 +79,8 @@ def test_finding_expired_last_attempts_reads_only_leased_jobs(tmp_path: Path) ->
     path = tmp_path / "q.db"
     run(stats_of(path))
     conn = sqlite3.connect(path)
-    rows = conn.execute(f"EXPLAIN QUERY PLAN {sqlite_module._EXHAUSTED}", (0.0, 1)).fetchall()
+    exhausted = sqlite_module._EXHAUSTED.format(jobs="mb_jobs")
+    rows = conn.execute(f"EXPLAIN QUERY PLAN {exhausted}", (0.0, 1)).fetchall()
     conn.close()
     assert "USING INDEX mb_jobs_leased" in " ".join(row[-1] for row in rows)
 
@@ -168,133 +167,3 @@ def test_payload_limit_is_configurable(tmp_path: Path) -> None:
     assert small.encode(Job(7, "x" * 8)).payload == b'"xxxxxxxx"'
     unbounded = SQLiteQueue(tmp_path / "q.db", max_payload_bytes=None)
     assert len(unbounded.encode(Job(1, "x" * 5_000_000)).payload) == 5_000_002
-
-
-def test_async_batcher_on_sqlite(tmp_path: Path) -> None:
-    async def process(jobs: list[Job[Any]]) -> list[Any]:
-        return [job.data["n"] ** 2 for job in jobs]
-
-    async def main() -> list[Any]:
-        async with AsyncMicroBatching(SQLiteQueue(tmp_path / "q.db"), process, batch_size=8) as mb:
-            futures = [mb.submit_job_nowait(Job(i, {"n": i})) for i in range(40)]
-            return list(await asyncio.gather(*futures))
-
-    assert run(main()) == [i * i for i in range(40)]
-
-
-def test_a_batcher_processes_jobs_enqueued_by_others(tmp_path: Path) -> None:
-    path = tmp_path / "q.db"
-
-    async def produce() -> None:
-        queue = SQLiteQueue(path)
-        await queue.enqueue([queue.encode(Job(i, i)) for i in range(100)])
-        await queue.close()
-
-    run(produce())
-    seen: list[int] = []
-    done = threading.Event()
-
-    def process(jobs: list[Job[Any]]) -> list[Any]:
-        seen.extend(job.data for job in jobs)
-        if len(seen) >= 100:
-            done.set()
-        return [None] * len(jobs)
-
-    with MicroBatching(SQLiteQueue(path), process, batch_size=30, batch_interval=0.01):
-        assert done.wait(10)
-    assert sorted(seen) == list(range(100))
-    stats = run(stats_of(path))
-    assert (stats.pending, stats.in_flight, stats.done) == (0, 0, 100)
-
-
-def test_a_handle_whose_job_stays_queued_fails_saying_so(tmp_path: Path) -> None:
-    def process(jobs: list[Job[Any]]) -> list[Any]:
-        return [ConnectionError("down") for _ in jobs]
-
-    retry = RetryPolicy(max_attempts=3, base_delay=60.0, jitter=0.0)
-    mb = MicroBatching(SQLiteQueue(tmp_path / "q.db"), process, retry=retry, batch_interval=0.01)
-    handle = mb.submit_job(Job("later", 1))
-    deadline = time.monotonic() + 10
-    while mb.stats().retried == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    mb.shutdown()
-    with pytest.raises(JobCancelledError, match="'later' is still in the durable queue"):
-        handle.result(timeout=0)
-    stats = run(stats_of(tmp_path / "q.db"))
-    assert (stats.delayed, stats.in_flight) == (1, 0)
-
-
-def test_cancelled_shutdown_gives_claimed_jobs_back(tmp_path: Path) -> None:
-    started = asyncio.Event()
-
-    async def process(jobs: list[Job[Any]]) -> list[Any]:
-        started.set()
-        await asyncio.sleep(60)
-        return [None] * len(jobs)
-
-    async def main() -> list[Any]:
-        mb = AsyncMicroBatching(SQLiteQueue(tmp_path / "q.db"), process, batch_size=2, batch_interval=0.01)
-        futures = [mb.submit_job_nowait(Job(i, i)) for i in range(5)]
-        await asyncio.wait_for(started.wait(), 10)
-        await mb.shutdown(cancel=True)
-        return list(await asyncio.gather(*futures, return_exceptions=True))
-
-    outcomes = run(main())
-    assert all(isinstance(outcome, JobCancelledError) for outcome in outcomes)
-    stats = run(stats_of(tmp_path / "q.db"))
-    assert (stats.pending, stats.in_flight, stats.done, stats.dead) == (5, 0, 0, 0)
-
-    async def attempts() -> list[int]:
-        queue = SQLiteQueue(tmp_path / "q.db")
-        jobs = await queue.claim(10, 30.0)
-        await queue.close()
-        return sorted(job.attempts for job in jobs)
-
-    # The two jobs whose batch was running spent an attempt; the buffered ones did not.
-    assert run(attempts()) == [1, 1, 1, 2, 2]
-
-
-def test_leases_are_renewed_while_a_batch_runs(tmp_path: Path) -> None:
-    path = tmp_path / "q.db"
-    stolen: list[Any] = []
-
-    def process(jobs: list[Job[Any]]) -> list[Any]:
-        async def try_to_steal() -> None:
-            other = SQLiteQueue(path)
-            for _ in range(10):
-                stolen.extend(await other.claim(10, 30.0))
-                await asyncio.sleep(0.2)
-            await other.close()
-
-        asyncio.run(try_to_steal())  # two seconds, several leases long
-        return [None] * len(jobs)
-
-    with MicroBatching(SQLiteQueue(path, lease=0.6), process, batch_interval=0.01) as mb:
-        assert mb.submit_job(Job(1, 1)).result(timeout=30) is None
-    assert stolen == []
-
-
-def test_a_closed_queue_says_so(tmp_path: Path) -> None:
-    async def main() -> None:
-        queue = SQLiteQueue(tmp_path / "q.db")
-        await queue.stats()
-        await queue.close()
-        await queue.stats()
-
-    with pytest.raises(MicroBatchingError, match="is closed"):
-        run(main())
-
-
-def test_stats_report_the_oldest_age(tmp_path: Path) -> None:
-    async def main() -> Any:
-        queue = SQLiteQueue(tmp_path / "q.db")
-        assert (await queue.stats()).oldest_age is None
-        await queue.enqueue([queue.encode(Job(1, 1))])
-        await asyncio.sleep(0.05)
-        stats = await queue.stats()
-        await queue.close()
-        return stats
-
-    stats = run(main())
-    assert stats.pending == 1
-    assert stats.oldest_age >= 0.05

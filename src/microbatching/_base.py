@@ -6,13 +6,14 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
-from ._adapters import make_adapter
-from ._engine import Adapter, Engine
+from ._engine import Engine
 from ._events import EventEmitter
 from ._job import Job
 from ._options import DEFAULT_BATCH_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_RETRY, Options
 from ._retry import RetryPolicy
 from ._stats import Stats
+from .adapters import make_adapter
+from .adapters.base import Adapter
 from .errors import QueueFullError, ShutdownError
 
 __all__ = ["BatcherBase", "State"]
@@ -63,7 +64,7 @@ class BatcherBase(EventEmitter):
         # Only queues that encode jobs need a look at them in the submitter's thread.
         self._state = State.NEW
         self._prepare_hook: Callable[[Job[Any]], None] | None = (
-            None if type(adapter) is Adapter else adapter.prepare
+            adapter.prepare if type(adapter).prepare is not Adapter.prepare else None
         )
         self._limit: float = float("inf") if max_pending is None else max_pending
         self._update_guard()

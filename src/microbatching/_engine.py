@@ -23,9 +23,10 @@ from ._events import EventEmitter
 from ._job import Job
 from ._options import Options, resolve_processor
 from ._stats import Recorder, Stats
+from .adapters.base import Adapter
 from .errors import BatchTimeoutError, JobCancelledError, JobFailedError, ShutdownError
 
-__all__ = ["Adapter", "Engine"]
+__all__ = ["Engine"]
 
 logger = logging.getLogger("microbatching")
 
@@ -36,56 +37,6 @@ _ALREADY_SETTLED = (asyncio.InvalidStateError, concurrent.futures.InvalidStateEr
 # Threads beyond max_concurrent_batches, for sync processors that outlived batch_timeout:
 # such a thread cannot be killed, so the pool keeps room for new batches beside it.
 _SPARE_PROCESSOR_THREADS = 4
-
-
-class Adapter:
-    """How jobs reach the engine and leave it, for one kind of queue.
-
-    The default serves the in-memory queue: admitted jobs go straight into the buffer and
-    retried jobs go back into it; there is nothing to acknowledge.
-    """
-
-    def attach(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def prepare(self, job: Job[Any]) -> None:
-        """Check (or encode) a job in the submitter's thread, before it is accepted.
-
-        Raising here refuses the submit with that error; nothing has been stored.
-        """
-
-    def admit(self, job: Job[Any]) -> None:
-        """A submitted job enters the queue."""
-        self.engine.accept(job)
-
-    def retry(self, job: Job[Any], delay: float) -> None:
-        """A failed job gets another attempt after ``delay`` seconds.
-
-        The default holds it in memory; a durable queue may instead store the delay and
-        release the job (calling ``engine.release(job)``), so a crash loses nothing.
-        """
-        self.engine.hold_for_retry(job, delay)
-
-    def requeue(self, job: Job[Any]) -> None:
-        """A job whose retry delay has passed goes back through the queue."""
-        self.engine.accept(job)
-
-    def delivered(self, job: Job[Any]) -> Job[Any] | None:
-        """The job this process submitted that ``job`` stands for, or ``None`` if it came from elsewhere."""
-        return job
-
-    def start(self) -> None:
-        """Begin delivering jobs (called once, on the loop thread, by the batcher's start)."""
-
-    def finished(self, job: Job[Any], error: BaseException | None) -> None:
-        """A job reached its final outcome (``error`` is ``None`` on success)."""
-
-    def abandon(self) -> list[Job[Any]]:
-        """Give up on jobs still inside the queue; returns them so their handles fail."""
-        return []
-
-    async def close(self) -> None:
-        """Release the queue's resources at the end of shutdown."""
 
 
 class Engine:
@@ -125,6 +76,7 @@ class Engine:
         "_weigh",
         "accept",
         "announce_added",
+        "loop",
         "now",
         "on_counted",
         "on_final",
@@ -186,7 +138,7 @@ class Engine:
         )
         self._enter = adapter.admit
         # The in-memory queue without weights: admit puts jobs straight into the open batch.
-        self._direct = type(adapter) is Adapter and self._weigh is None
+        self._direct = adapter.direct and self._weigh is None
         #: The job_added handlers (empty when nobody listens): the batcher updates it as
         #: listeners change, so the per-job path reads one slot instead of looking it up.
         self.announce_added: tuple[Callable[..., Any], ...] = ()
@@ -194,7 +146,7 @@ class Engine:
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run on ``loop`` from now on (called once, by the batcher's start)."""
-        self._loop = loop
+        self._loop = self.loop = loop
         # The loop's own clock, read without a Python-level call when it is the stock
         # monotonic one (a custom loop, like a test's virtual clock, keeps its own).
         default_clock = type(loop).time is asyncio.BaseEventLoop.time
@@ -514,7 +466,7 @@ class Engine:
             self._fail_job(job, exc)
         done = len(jobs) - len(failed)
         self._counts["completed"] += done
-        if type(self._adapter) is Adapter:  # nothing to acknowledge: count them in one go
+        if not self._adapter.settles:  # nothing to acknowledge: count them in one go
             self._finalized(done)
         else:
             for job, result in zip(jobs, results, strict=False):

@@ -25,15 +25,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
+from . import queues
 from ._async import AsyncMicroBatching
 from ._batch import Batch
 from ._job import Job
 from ._options import DEFAULT_BATCH_INTERVAL, DEFAULT_BATCH_SIZE
 from ._retry import RetryPolicy
-from .errors import MicroBatchingError
-from .interfaces import ClaimQueue
+from .errors import InvalidQueueError, MicroBatchingError
+from .queues import ClaimQueue
+from .queues._registry import redact
 
 __all__ = ["EXIT_DRAIN_TIMEOUT", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "add_commands"]
 
@@ -229,27 +230,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def open_queue(url: str, serializer: str = "json", **options: Any) -> ClaimQueue:
-    """The durable queue a URL names (``sqlite:///path.db``)."""
-    scheme = url.partition("://")[0] if "://" in url else ""
-    if scheme == "sqlite":
-        from .queues.sqlite import SQLiteQueue
-
-        try:
-            return SQLiteQueue(url, serializer=serializer, **options)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    raise UsageError(f"unsupported queue URL {redact(url)!r}: expected sqlite:///path.db")
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    """The durable queue a URL names (a bad URL or option is a usage error)."""
+    try:
+        return queues.open_queue(url, serializer=serializer, **options)
+    except (ValueError, TypeError, InvalidQueueError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def load_processor(spec: str) -> object:

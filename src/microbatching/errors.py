@@ -13,7 +13,9 @@ __all__ = [
     "JobCancelledError",
     "JobFailedError",
     "MicroBatchingError",
+    "InvalidQueueError",
     "PayloadTooLargeError",
+    "QueueError",
     "QueueFullError",
     "SerializationError",
     "ShutdownError",
@@ -38,6 +40,14 @@ class SerializationError(MicroBatchingError, TypeError):
 
 class PayloadTooLargeError(MicroBatchingError, ValueError):
     """A job's encoded data exceeds the queue's ``max_payload_bytes`` (nothing was stored)."""
+
+
+class QueueError(MicroBatchingError):
+    """A durable queue failed an operation (the client library's own error is chained)."""
+
+
+class InvalidQueueError(QueueError):
+    """The URL or path does not name a usable queue: missing, not a queue, or not this kind."""
 
 
 class BatchResultError(MicroBatchingError):

@@ -1,4 +1,7 @@
-"""Helpers for the fault tests: enqueue, run workers as real processes, read the effects."""
+"""Helpers for the fault tests: enqueue, run workers as real processes, read the effects.
+
+A run works on one queue URL (any bundled durable queue, see tests/backends.py).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from typing import Any
 import pytest
 
 from microbatching import Job
-from microbatching.queues import SQLiteQueue
+from microbatching.queues import open_queue
 
 HERE = Path(__file__).parent
 FIGURES = Path(os.environ.get("MICROBATCHING_FAULT_FIGURES", "/tmp/microbatching-fault-figures.jsonl"))
@@ -24,22 +27,23 @@ FIGURES = Path(os.environ.get("MICROBATCHING_FAULT_FIGURES", "/tmp/microbatching
 
 @dataclass
 class FaultRun:
-    """One fault scenario: a queue file, a log directory, and the figures it produced."""
+    """One fault scenario: a queue, a log directory, and the figures it produced."""
 
     tmp: Path
     name: str
+    url: str
     env: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
-    @property
-    def url(self) -> str:
-        return f"sqlite:///{self.tmp / 'queue.db'}"
-
     def enqueue(self, ids: range) -> None:
         async def main() -> None:
-            queue = SQLiteQueue(self.tmp / "queue.db")
-            await queue.enqueue([queue.encode(Job(i, i)) for i in ids])
-            await queue.close()
+            queue = open_queue(self.url)
+            try:
+                messages = [queue.encode(Job(i, i)) for i in ids]
+                for start in range(0, len(messages), 1000):
+                    await queue.enqueue(messages[start : start + 1000])
+            finally:
+                await queue.close()
 
         asyncio.run(main())
 
@@ -66,7 +70,7 @@ class FaultRun:
 
     def stats(self) -> Any:
         async def main() -> Any:
-            queue = SQLiteQueue(self.tmp / "queue.db")
+            queue = open_queue(self.url)
             try:
                 return await queue.stats(), await queue.dead_letters(10_000)
             finally:
@@ -74,9 +78,22 @@ class FaultRun:
 
         return asyncio.run(main())
 
+    def drop(self) -> None:
+        """Delete the queue and everything it created."""
+
+        async def main() -> None:
+            queue = open_queue(self.url)
+            try:
+                await queue.drop()
+            finally:
+                await queue.close()
+
+        asyncio.run(main())
+
     def report(self, **figures: Any) -> None:
         """Print the figures (visible with -s) and append them to FIGURES for quoting."""
-        figures = {"test": self.name, **figures, "seconds": round(time.monotonic() - self.started, 2)}
+        seconds = round(time.monotonic() - self.started, 2)
+        figures = {"test": self.name, "queue": self.url.partition(":")[0], **figures, "seconds": seconds}
         line = json.dumps(figures)
         print(f"\nFAULT FIGURES {line}")
         with FIGURES.open("a") as out:

@@ -1,4 +1,4 @@
-"""Fault tests: real worker processes, killed and restarted, on one SQLite file.
+"""Fault tests: real worker processes, killed and restarted, on every bundled durable queue.
 
 Each test prints its figures (run with -s) and appends them as JSON lines to
 /tmp/microbatching-fault-figures.jsonl (MICROBATCHING_FAULT_FIGURES overrides the path).
@@ -9,21 +9,29 @@ from __future__ import annotations
 import random
 import signal
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from backends import BACKENDS, Backend
 from fault_harness import FaultRun, finish
 
 BATCH = ("--batch-size", "50", "--batch-interval", "0.01")
 
 
-@pytest.fixture
-def fault_run(tmp_path: Path, request: pytest.FixtureRequest) -> FaultRun:
-    return FaultRun(tmp_path, request.node.name)
+@pytest.fixture(params=BACKENDS, ids=[backend.name for backend in BACKENDS])
+def fault_run(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FaultRun]:
+    backend: Backend = request.param
+    backend.check_available()
+    name = f"mb_fault_{uuid.uuid4().hex[:10]}"
+    run = FaultRun(tmp_path, request.node.name, backend.url(name, tmp_path))
+    yield run
+    run.drop()
 
 
 @pytest.mark.timeout(150)
-def test_a_sigkill_at_random_points_loses_nothing(fault_run: FaultRun) -> None:
+def test_a_worker_sigkilled_at_random_points_loses_nothing(fault_run: FaultRun) -> None:
     jobs, concurrency = 10_000, 1
     fault_run.enqueue(range(jobs))
     fault_run.env.update(FAULT_SLEEP="0.01", FAULT_SELF_KILL="0.02")
@@ -70,7 +78,7 @@ def test_a_sigkill_at_random_points_loses_nothing(fault_run: FaultRun) -> None:
 
 
 @pytest.mark.timeout(90)
-def test_b_poison_jobs_are_dead_lettered_and_hold_nobody_back(fault_run: FaultRun) -> None:
+def test_poison_jobs_are_dead_lettered_and_hold_nobody_back(fault_run: FaultRun) -> None:
     jobs = 5_000
     fault_run.enqueue(range(jobs))
     worker = fault_run.worker(*BATCH, "--max-attempts", "5", "--retry-delay", "0.05", "--until-empty",
@@ -100,7 +108,7 @@ def test_b_poison_jobs_are_dead_lettered_and_hold_nobody_back(fault_run: FaultRu
 
 
 @pytest.mark.timeout(90)
-def test_c_a_job_that_kills_its_worker_reaches_the_dead_letters(fault_run: FaultRun) -> None:
+def test_a_job_that_kills_its_worker_reaches_the_dead_letters(fault_run: FaultRun) -> None:
     jobs, killer = 300, 137
     fault_run.enqueue(range(jobs))
     crashes = 0
@@ -126,7 +134,7 @@ def test_c_a_job_that_kills_its_worker_reaches_the_dead_letters(fault_run: Fault
 
 
 @pytest.mark.timeout(60)
-def test_d_sigterm_with_batches_in_flight_drains_cleanly(fault_run: FaultRun) -> None:
+def test_sigterm_with_batches_in_flight_drains_cleanly(fault_run: FaultRun) -> None:
     jobs = 3_000
     fault_run.enqueue(range(jobs))
     worker = fault_run.worker(*BATCH, "--concurrency", "2", FAULT_SLEEP="0.2")
@@ -149,7 +157,7 @@ def test_d_sigterm_with_batches_in_flight_drains_cleanly(fault_run: FaultRun) ->
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("workers", [2, 4])
-def test_e_several_workers_on_one_file_do_every_job_exactly_once(fault_run: FaultRun, workers: int) -> None:
+def test_several_workers_on_one_queue_do_every_job_exactly_once(fault_run: FaultRun, workers: int) -> None:
     jobs = 8_000
     fault_run.enqueue(range(jobs))
     processes = [fault_run.worker(*BATCH, "--until-empty", FAULT_SLEEP="0.002") for _ in range(workers)]

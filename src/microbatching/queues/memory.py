@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._job import Job
-from ..interfaces import QueueInterface
+from ._base import QueueInterface
 
 __all__ = ["MemoryQueue"]
 

@@ -8,22 +8,23 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .._claims import DeadLetter, Lease, Message, QueueCapabilities, QueueStats
-from .._job import Job
-from .._serialization import DEFAULT_MAX_PAYLOAD_BYTES, Serializer
-from ..errors import MicroBatchingError
-from ..interfaces import ClaimQueue
+from ..errors import InvalidQueueError
+from ._base import ClaimQueue
+from ._registry import query_options
+from ._serialization import DEFAULT_MAX_PAYLOAD_BYTES, Serializer
+from ._table import DEAD_COLUMNS, JOB_COLUMNS, SCHEMA_VERSION, JobTable, claimed_row, queue_stats, worker_lost
+from ._types import Claimed, Lease, Message, QueueCapabilities, QueueStats, StoredDeadLetter
 
 __all__ = ["SQLiteQueue"]
 
 T = TypeVar("T")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS mb_jobs (
+CREATE TABLE IF NOT EXISTS {jobs} (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     key          TEXT    NOT NULL UNIQUE,
     job_id       BLOB    NOT NULL,
@@ -34,51 +35,56 @@ CREATE TABLE IF NOT EXISTS mb_jobs (
     available_at REAL    NOT NULL,
     enqueued_at  REAL    NOT NULL
 );
-CREATE INDEX IF NOT EXISTS mb_jobs_available ON mb_jobs (available_at);
+CREATE INDEX IF NOT EXISTS {jobs}_available ON {jobs} (available_at);
 -- Leased jobs only: finding expired leases at each claim must not scan every ready job.
-CREATE INDEX IF NOT EXISTS mb_jobs_leased ON mb_jobs (available_at) WHERE token IS NOT NULL;
-CREATE TABLE IF NOT EXISTS mb_dead (
+CREATE INDEX IF NOT EXISTS {jobs}_leased ON {jobs} (available_at) WHERE token IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {dead} (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     key          TEXT    NOT NULL,
     job_id       BLOB    NOT NULL,
     payload      BLOB    NOT NULL,
     attempts     INTEGER NOT NULL,
     error        TEXT    NOT NULL,
+    traceback    TEXT,
     enqueued_at  REAL    NOT NULL,
     failed_at    REAL    NOT NULL
 );
-CREATE TABLE IF NOT EXISTS mb_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO mb_meta VALUES ('done', '0');
+CREATE TABLE IF NOT EXISTS {meta} (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO {meta} VALUES ('done', '0');
 """
 
-# Expired leases after the last attempt; answered from the small mb_jobs_leased index.
+# Expired leases after the last attempt; answered from the small leased-jobs index.
 _EXHAUSTED = (
-    "SELECT seq, token, attempts FROM mb_jobs WHERE available_at <= ? AND token IS NOT NULL AND attempts >= ?"
+    "SELECT seq, token, attempts FROM {jobs} WHERE available_at <= ? AND token IS NOT NULL AND attempts >= ?"
 )
-
-_TO_DEAD = """
-INSERT INTO mb_dead (key, job_id, payload, attempts, error, enqueued_at, failed_at)
-SELECT key, job_id, payload, attempts, ?, enqueued_at, ? FROM mb_jobs WHERE seq = ? AND token = ?
-"""
+_CHUNK = 500  # bound parameters per statement: old SQLite builds allow 999
+_OPTIONS = {"lease": float, "serializer": str, "max_payload_bytes": int, "busy_timeout": float,
+            "synchronous": str, "name": str}  # fmt: skip
 
 
 class SQLiteQueue(ClaimQueue):
-    """A durable queue in one SQLite file: ``SQLiteQueue("sqlite:///jobs.db")``.
+    """A durable queue in one SQLite file: ``SQLiteQueue("sqlite:///jobs.db")`` (or a plain path).
 
     WAL mode; jobs are claimed in bulk inside ``BEGIN IMMEDIATE`` under a lease with a
     fresh token, acknowledged in bulk, their attempts counted in the table; jobs that fail
-    for good go to a dead-letter table with their last error.  Several worker processes
-    may share one file (on a local disk: SQLite locking is unreliable on network file
-    systems).  All I/O runs on one private thread, so the event loop never blocks.
+    for good go to a dead-letter table with their last error and traceback.  Several
+    worker processes may share one file (on a local disk: SQLite locking is unreliable on
+    network file systems).  All I/O runs on one private thread, so the event loop never
+    blocks.
 
     ``serializer`` is ``"json"`` (default) or, opt-in, ``"pickle"``; it is recorded in the
     file and every later opener must use the same.  ``max_payload_bytes`` bounds a job's
     encoded data.  ``lease`` is how long a claim lasts (batchers renew it while a job is
     worked on).  ``synchronous`` is SQLite's setting: ``"NORMAL"`` survives any process
-    crash; ``"FULL"`` also survives power loss, at a cost per commit.
+    crash; ``"FULL"`` also survives power loss, at a cost per commit.  ``name`` picks the
+    tables (``<name>_jobs``, ...), so one file can hold several queues.  With
+    ``create=False`` nothing is created or changed: a missing file or one that is not a
+    queue raises :class:`~microbatching.errors.InvalidQueueError`.  Options may also be
+    given in the URL's query: ``sqlite:///jobs.db?lease=60``.
     """
 
     capabilities = QueueCapabilities()
+    client_errors = (sqlite3.Error,)
 
     def __init__(
         self,
@@ -89,153 +95,161 @@ class SQLiteQueue(ClaimQueue):
         lease: float = 30.0,
         busy_timeout: float = 30.0,
         synchronous: str = "NORMAL",
+        name: str = "mb",
+        create: bool = True,
     ) -> None:
-        super().__init__(serializer=serializer, max_payload_bytes=max_payload_bytes, lease=lease)
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        text = os.fspath(url)
+        given = query_options(text, _OPTIONS) if "://" in text else {}
+        serializer = given.get("serializer", serializer)
+        max_payload_bytes = given.get("max_payload_bytes", max_payload_bytes)
+        lease = given.get("lease", lease)
+        super().__init__(
+            serializer=serializer, max_payload_bytes=max_payload_bytes, lease=lease, create=create
+        )
+        synchronous = str(given.get("synchronous", synchronous)).upper()
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
-        self.path = _path_from_url(url)
-        self._busy_timeout = busy_timeout
-        self._synchronous = synchronous.upper()
+        self.url = text
+        self.path = _path_from_url(text)
+        self.table = JobTable(given.get("name", name))
+        self._busy_timeout = float(given.get("busy_timeout", busy_timeout))
+        self._synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
-        self._closed = False
 
     def __repr__(self) -> str:
         return f"<SQLiteQueue {str(self.path)!r} serializer={self.serializer.name}>"
 
+    def _clone(self) -> SQLiteQueue:
+        return SQLiteQueue(
+            self.path, serializer=self.serializer, max_payload_bytes=self.max_payload_bytes, lease=self.lease,
+            busy_timeout=self._busy_timeout, synchronous=self._synchronous, name=self.table.name,
+            create=self.create,
+        )  # fmt: skip
+
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
-        if self._closed:
-            raise MicroBatchingError(f"{self!r} is closed")
         if self._thread is None:
             self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="microbatching-sqlite")
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._call, func, args)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._on_thread, func, args)
 
-    def _call(self, func: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _on_thread(self, func: Callable[..., T], args: tuple[Any, ...]) -> T:
         conn = self._conn if self._conn is not None else self._connect()
         try:
-            return func(conn, *args)
-        except sqlite3.Error as exc:
+            return func(conn, self.table, *args)
+        except sqlite3.Error:
             if conn.in_transaction:
                 conn.rollback()
-            raise MicroBatchingError(f"SQLite error on {self.path}: {exc}") from exc
+            raise
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute("INSERT OR IGNORE INTO mb_meta VALUES ('serializer', ?)", (self.serializer.name,))
-        (stored,) = conn.execute("SELECT value FROM mb_meta WHERE name = 'serializer'").fetchone()
-        conn.execute("COMMIT")
-        if stored != self.serializer.name:
-            conn.close()
-            raise MicroBatchingError(
-                f"{self.path} holds jobs encoded with serializer={stored!r}; open it with the same "
-                f"serializer (this queue was given {self.serializer.name!r})"
-            )
+        try:
+            conn = self._open()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise InvalidQueueError(f"{self.path} is not a usable SQLite queue: {exc}") from None
         self._conn = conn
         return conn
 
-    # -- writing ------------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        if self.create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+        elif not self.path.is_file():
+            raise InvalidQueueError(f"no queue at {self.path}: the file does not exist")
+        else:  # mode=rw: never creates the file
+            uri = f"{self.path.resolve().as_uri()}?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout, isolation_level=None)
+        try:
+            # Checked before anything is written: a file that is not a database, or holds
+            # tables of that name that are not a queue's, is left exactly as it was.
+            self._check_schema(conn, missing_ok=self.create)
+            if self.create:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
+                _create_schema(conn, self.table, self.serializer.name)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
-    async def enqueue(self, messages: Sequence[Message]) -> None:
-        """Insert ``messages`` in one transaction, ready now."""
-        if messages:
-            await self._run(_enqueue, [(m.key, m.job_id, m.payload) for m in messages])
+    def _check_schema(self, conn: sqlite3.Connection, missing_ok: bool) -> None:
+        table = self.table
+        for name, wanted in ((table.jobs, JOB_COLUMNS), (table.dead, DEAD_COLUMNS)):
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({name})")}
+            if not columns and missing_ok:
+                continue
+            if not columns:
+                raise InvalidQueueError(f"{self.path} holds no queue named {table.name!r} (no {name} table)")
+            lacking = set(wanted) - columns - {"traceback"}  # added by a later schema version
+            if lacking:
+                raise InvalidQueueError(
+                    f"{self.path} has a table {name} that is not a microbatching queue's "
+                    f"(it lacks {', '.join(sorted(lacking))})"
+                )
+        meta = conn.execute(f"SELECT 1 FROM sqlite_master WHERE name = '{table.meta}'").fetchone()
+        row = meta and conn.execute(f"SELECT value FROM {table.meta} WHERE name = 'serializer'").fetchone()
+        if row and row[0] != self.serializer.name:
+            raise InvalidQueueError(
+                f"{self.path} holds jobs encoded with serializer={row[0]!r}; open it with the same "
+                f"serializer (this queue was given {self.serializer.name!r})"
+            )
 
-    async def claim(self, limit: int, lease: float, max_attempts: int | None = None) -> list[Job[Any]]:
-        """Lease up to ``limit`` ready jobs in one ``BEGIN IMMEDIATE`` transaction."""
-        if limit < 1:
-            return []
-        rows = await self._run(_claim, limit, lease, max_attempts)
-        return [self.decode(lease_, job_id, payload) for lease_, job_id, payload in rows]
+    # -- the primitives ---------------------------------------------------------------------
 
-    async def ack(self, jobs: Sequence[Job[Any]]) -> int:
-        """Delete finished jobs still held under their lease token."""
-        return await self._run(_ack, _refs(jobs)) if jobs else 0
+    async def _enqueue(self, messages: list[Message]) -> int:
+        return await self._run(_enqueue, [(m.key, m.job_id, m.payload, m.delay) for m in messages])
 
-    async def retry(self, jobs: Sequence[Job[Any]], delays: Sequence[float]) -> int:
-        """End the leases; each job is ready again after its delay."""
-        if not jobs:
-            return 0
-        if len(delays) != len(jobs):
-            raise ValueError(f"retry() needs one delay per job: {len(jobs)} jobs, {len(delays)} delays")
+    async def _claim(self, limit: int, lease: float, max_attempts: int | None, wait: float) -> list[Claimed]:
+        return await self._run(_claim, limit, lease, max_attempts)
+
+    async def _ack(self, leases: list[Lease]) -> int:
+        return await self._run(_ack, _refs(leases))
+
+    async def _retry(self, leases: list[Lease], delays: list[float]) -> int:
         now = time.time()
-        params = [(now + delay, seq, token) for (seq, token), delay in zip(_refs(jobs), delays, strict=True)]
-        return await self._run(
-            _update, "UPDATE mb_jobs SET token = NULL, available_at = ? WHERE seq = ? AND token = ?", params
-        )
-
-    async def release(self, jobs: Sequence[Job[Any]]) -> int:
-        """Give back unattempted jobs: ready now, the claim's attempt undone."""
-        if not jobs:
-            return 0
-        now = time.time()
-        params = [(now, seq, token) for seq, token in _refs(jobs)]
-        return await self._run(
-            _update,
-            "UPDATE mb_jobs SET token = NULL, available_at = ?, "
-            "attempts = MAX(attempts - 1, 0) WHERE seq = ? AND token = ?",
-            params,
-        )
-
-    async def dead_letter(self, failures: Sequence[tuple[Job[Any], str]]) -> int:
-        """Move failed jobs, with their last error, to the ``mb_dead`` table."""
-        if not failures:
-            return 0
-        now = time.time()
-        refs = _refs([job for job, _ in failures])
-        params = [(error, now, *ref) for ref, (_, error) in zip(refs, failures, strict=True)]
-        return await self._run(_dead_letter, params)
-
-    async def extend(self, jobs: Sequence[Job[Any]], lease: float) -> int:
-        """Renew leases for ``lease`` seconds from now."""
-        if not jobs:
-            return 0
-        until = time.time() + lease
-        params = [(until, seq, token) for seq, token in _refs(jobs)]
-        sql = "UPDATE mb_jobs SET available_at = ? WHERE seq = ? AND token = ?"
+        pairs = zip(_refs(leases), delays, strict=True)
+        params = [(now + delay, seq, token) for (seq, token), delay in pairs]
+        sql = "UPDATE {jobs} SET token = NULL, available_at = ? WHERE seq = ? AND token = ?"
         return await self._run(_update, sql, params)
 
-    # -- reading and maintenance --------------------------------------------------------------
+    async def _release(self, leases: list[Lease]) -> int:
+        now = time.time()
+        sql = (
+            "UPDATE {jobs} SET token = NULL, available_at = ?, attempts = MAX(attempts - 1, 0) "
+            "WHERE seq = ? AND token = ?"
+        )
+        return await self._run(_update, sql, [(now, seq, token) for seq, token in _refs(leases)])
 
-    async def stats(self) -> QueueStats:
-        """Counts by state, and the age of the oldest unfinished job."""
+    async def _dead_letter(self, entries: list[tuple[Lease, str, str | None]]) -> int:
+        now = time.time()
+        return await self._run(
+            _dead_letter, [(error, trace, now, lease.ref, lease.token) for lease, error, trace in entries]
+        )
+
+    async def _extend(self, leases: list[Lease], lease: float) -> int:
+        until = time.time() + lease
+        params = [(until, seq, token) for seq, token in _refs(leases)]
+        return await self._run(
+            _update, "UPDATE {jobs} SET available_at = ? WHERE seq = ? AND token = ?", params
+        )
+
+    async def _stats(self) -> QueueStats:
         return await self._run(_stats)
 
-    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters, decoded."""
-        rows = await self._run(_dead_rows, limit)
-        return [
-            DeadLetter(key, self._loads(job_id), self._loads(payload), attempts, error, failed_at)
-            for key, job_id, payload, attempts, error, failed_at in rows
-        ]
+    async def _dead_letters(self, limit: int) -> list[StoredDeadLetter]:
+        return [StoredDeadLetter(*row) for row in await self._run(_dead_rows, limit)]
 
-    def _loads(self, data: bytes) -> Any:
-        try:
-            return self.serializer.loads(data)
-        except Exception:
-            return data
+    async def _requeue_dead(self, keys: list[str] | None) -> int:
+        return await self._run(_requeue_dead, keys)
 
-    async def requeue_dead(self, keys: Sequence[str] | None = None) -> int:
-        """Move dead letters back into the queue, attempts reset to 0."""
-        return await self._run(_requeue_dead, None if keys is None else list(keys))
+    async def _purge_dead(self, keys: list[str] | None) -> int:
+        return await self._run(_purge_dead, keys)
 
-    async def purge_dead(self, keys: Sequence[str] | None = None) -> int:
-        """Delete dead letters."""
-        return await self._run(_purge_dead, None if keys is None else list(keys))
+    async def _drop(self) -> None:
+        await self._run(_drop)
 
-    async def close(self) -> None:
-        """Close the connection and the I/O thread (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _close(self) -> None:
         thread, self._thread = self._thread, None
         if thread is not None:
             await asyncio.get_running_loop().run_in_executor(thread, self._disconnect)
@@ -247,14 +261,15 @@ class SQLiteQueue(ClaimQueue):
             self._conn = None
 
 
-def _path_from_url(url: str | os.PathLike[str]) -> Path:
-    """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or a plain path."""
-    text = os.fspath(url)
+def _path_from_url(text: str) -> Path:
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or a plain path (the query is options)."""
     if "://" in text:
         scheme, _, rest = text.partition("://")
+        rest = rest.split("?", 1)[0]
         if scheme != "sqlite" or not rest.startswith("/") or rest == "/":
             raise ValueError(
-                f"not a SQLite queue URL: {text!r}; use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+                "not a SQLite queue URL: use sqlite:///relative/path.db, sqlite:////absolute/path.db "
+                "or a plain file path"
             )
         text = rest[1:]
     if not text or text == ":memory:":
@@ -262,17 +277,8 @@ def _path_from_url(url: str | os.PathLike[str]) -> Path:
     return Path(text)
 
 
-def _refs(jobs: Sequence[Job[Any]]) -> list[tuple[int, str]]:
-    refs = []
-    for job in jobs:
-        lease = job.receipt
-        if not isinstance(lease, Lease):
-            raise ValueError(f"{job!r} was not claimed from a SQLiteQueue (its receipt is {lease!r})")
-        refs.append((lease.ref, lease.token))
-    return refs
-
-
-_CHUNK = 500  # bound parameters per statement: old SQLite builds allow 999
+def _refs(leases: list[Lease]) -> list[tuple[int, str]]:
+    return [(lease.ref, lease.token) for lease in leases]
 
 
 def _chunks(seqs: list[int]) -> list[list[int]]:
@@ -283,35 +289,51 @@ def _marks(count: int) -> str:
     return ", ".join("?" * count)
 
 
-def _changes(conn: sqlite3.Connection, sql: str, params: list[tuple[Any, ...]]) -> int:
-    before = conn.total_changes
-    conn.executemany(sql, params)
-    return conn.total_changes - before
+def _create_schema(conn: sqlite3.Connection, table: JobTable, serializer: str) -> None:
+    """Create the tables (or bring an older file's up to date) in one write transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SCHEMA.format(jobs=table.jobs, dead=table.dead, meta=table.meta).split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        dead_columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table.dead})")}
+        if "traceback" not in dead_columns:  # a file from before the traceback column
+            conn.execute(f"ALTER TABLE {table.dead} ADD COLUMN traceback TEXT")
+        conn.execute(f"INSERT OR REPLACE INTO {table.meta} VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        conn.execute(f"INSERT OR IGNORE INTO {table.meta} VALUES ('serializer', ?)", (serializer,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.rollback()
+        raise
 
 
-def _enqueue(conn: sqlite3.Connection, rows: list[tuple[str, bytes, bytes]]) -> None:
+def _enqueue(conn: sqlite3.Connection, table: JobTable, rows: list[tuple[str, bytes, bytes, float]]) -> int:
     now = time.time()
     conn.execute("BEGIN IMMEDIATE")
+    before = conn.total_changes
     conn.executemany(
-        "INSERT OR IGNORE INTO mb_jobs (key, job_id, payload, available_at, enqueued_at) "
+        f"INSERT OR IGNORE INTO {table.jobs} (key, job_id, payload, available_at, enqueued_at) "
         "VALUES (?, ?, ?, ?, ?)",
-        [(key, job_id, payload, now, now) for key, job_id, payload in rows],
+        [(key, job_id, payload, now + delay, now) for key, job_id, payload, delay in rows],
     )
+    stored = conn.total_changes - before
     conn.execute("COMMIT")
+    return stored
 
 
 def _claim(
-    conn: sqlite3.Connection, limit: int, lease: float, max_attempts: int | None
-) -> list[tuple[Lease, bytes, bytes]]:
+    conn: sqlite3.Connection, table: JobTable, limit: int, lease: float, max_attempts: int | None
+) -> list[Claimed]:
     now = time.time()
     # A cheap read first: an idle poll does not take the write lock.
-    if conn.execute("SELECT 1 FROM mb_jobs WHERE available_at <= ? LIMIT 1", (now,)).fetchone() is None:
+    ready = conn.execute(f"SELECT 1 FROM {table.jobs} WHERE available_at <= ? LIMIT 1", (now,)).fetchone()
+    if ready is None:
         return []
     conn.execute("BEGIN IMMEDIATE")
     if max_attempts is not None:
-        _bury_exhausted(conn, now, max_attempts)
+        _bury_exhausted(conn, table, now, max_attempts)
     rows = conn.execute(
-        "SELECT seq, key, job_id, payload, attempts, recovered, token FROM mb_jobs "
+        f"SELECT seq, key, job_id, payload, attempts, recovered, token FROM {table.jobs} "
         "WHERE available_at <= ? ORDER BY available_at, seq LIMIT ?",
         (now, limit),
     ).fetchall()
@@ -320,38 +342,23 @@ def _claim(
     # read before it is overwritten.
     for seqs in _chunks([row[0] for row in rows]):
         conn.execute(
-            "UPDATE mb_jobs SET token = ?, available_at = ?, attempts = attempts + 1, "
+            f"UPDATE {table.jobs} SET token = ?, available_at = ?, attempts = attempts + 1, "
             f"recovered = recovered + (token IS NOT NULL) WHERE seq IN ({_marks(len(seqs))})",
             (token, now + lease, *seqs),
         )
     conn.execute("COMMIT")
-    return [
-        (Lease(key, token, attempts + 1, recovered + (old is not None), seq), job_id, payload)
-        for seq, key, job_id, payload, attempts, recovered, old in rows
-    ]
+    return [claimed_row(row, token) for row in rows]
 
 
-def _bury_exhausted(conn: sqlite3.Connection, now: float, max_attempts: int) -> None:
+def _bury_exhausted(conn: sqlite3.Connection, table: JobTable, now: float, max_attempts: int) -> None:
     """Jobs whose lease expired after their last attempt: their consumer died each time."""
-    rows = conn.execute(_EXHAUSTED, (now, max_attempts)).fetchall()
+    rows = conn.execute(_EXHAUSTED.format(jobs=table.jobs), (now, max_attempts)).fetchall()
     if rows:
-        _dead_letter(
-            conn,
-            [
-                (
-                    f"WorkerLost: the lease expired during attempt {attempts}: the worker died or stalled "
-                    f"while processing this job",
-                    now,
-                    seq,
-                    token,
-                )
-                for seq, token, attempts in rows
-            ],
-            transaction=False,
-        )
+        params = [(worker_lost(attempts), None, now, seq, token) for seq, token, attempts in rows]
+        _dead_letter(conn, table, params, transaction=False)
 
 
-def _ack(conn: sqlite3.Connection, refs: list[tuple[int, str]]) -> int:
+def _ack(conn: sqlite3.Connection, table: JobTable, refs: list[tuple[int, str]]) -> int:
     by_token: dict[str, list[int]] = {}
     for seq, token in refs:
         by_token.setdefault(token, []).append(seq)
@@ -359,79 +366,97 @@ def _ack(conn: sqlite3.Connection, refs: list[tuple[int, str]]) -> int:
     before = conn.total_changes
     for token, all_seqs in by_token.items():  # usually one or two claims' worth
         for seqs in _chunks(all_seqs):
-            sql = f"DELETE FROM mb_jobs WHERE token = ? AND seq IN ({_marks(len(seqs))})"
-            conn.execute(sql, (token, *seqs))
+            conn.execute(
+                f"DELETE FROM {table.jobs} WHERE token = ? AND seq IN ({_marks(len(seqs))})", (token, *seqs)
+            )
     done = conn.total_changes - before
-    conn.execute("UPDATE mb_meta SET value = CAST(value AS INTEGER) + ? WHERE name = 'done'", (done,))
+    conn.execute(f"UPDATE {table.meta} SET value = CAST(value AS INTEGER) + ? WHERE name = 'done'", (done,))
     conn.execute("COMMIT")
     return done
 
 
-def _update(conn: sqlite3.Connection, sql: str, params: list[tuple[Any, ...]]) -> int:
+def _update(conn: sqlite3.Connection, table: JobTable, sql: str, params: list[tuple[Any, ...]]) -> int:
     conn.execute("BEGIN IMMEDIATE")
-    changed = _changes(conn, sql, params)
+    before = conn.total_changes
+    conn.executemany(sql.format(jobs=table.jobs), params)
+    changed = conn.total_changes - before
     conn.execute("COMMIT")
     return changed
 
 
-def _dead_letter(conn: sqlite3.Connection, params: list[tuple[Any, ...]], transaction: bool = True) -> int:
+def _dead_letter(
+    conn: sqlite3.Connection, table: JobTable, params: list[tuple[Any, ...]], transaction: bool = True
+) -> int:
+    """Move rows ``(error, traceback, failed_at, seq, token)`` to the dead letters."""
     if transaction:
         conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(_TO_DEAD, params)
-    moved = _changes(conn, "DELETE FROM mb_jobs WHERE seq = ? AND token = ?", [p[2:] for p in params])
+    conn.executemany(
+        f"INSERT INTO {table.dead} "
+        "(key, job_id, payload, attempts, error, traceback, enqueued_at, failed_at) "
+        "SELECT key, job_id, payload, attempts, ?, ?, enqueued_at, ? "
+        f"FROM {table.jobs} WHERE seq = ? AND token = ?",
+        params,
+    )
+    before = conn.total_changes
+    conn.executemany(f"DELETE FROM {table.jobs} WHERE seq = ? AND token = ?", [p[3:] for p in params])
+    moved = conn.total_changes - before
     if transaction:
         conn.execute("COMMIT")
     return moved
 
 
-def _stats(conn: sqlite3.Connection) -> QueueStats:
+def _stats(conn: sqlite3.Connection, table: JobTable) -> QueueStats:
     now = time.time()
     conn.execute("BEGIN")
     pending, delayed, in_flight, oldest = conn.execute(
         "SELECT COALESCE(SUM(available_at <= ?), 0), COALESCE(SUM(token IS NULL AND available_at > ?), 0), "
-        "COALESCE(SUM(token IS NOT NULL AND available_at > ?), 0), MIN(enqueued_at) FROM mb_jobs",
+        f"COALESCE(SUM(token IS NOT NULL AND available_at > ?), 0), MIN(enqueued_at) FROM {table.jobs}",
         (now, now, now),
     ).fetchone()
-    (done,) = conn.execute("SELECT CAST(value AS INTEGER) FROM mb_meta WHERE name = 'done'").fetchone()
-    (dead,) = conn.execute("SELECT COUNT(*) FROM mb_dead").fetchone()
+    (done,) = conn.execute(f"SELECT CAST(value AS INTEGER) FROM {table.meta} WHERE name = 'done'").fetchone()
+    (dead,) = conn.execute(f"SELECT COUNT(*) FROM {table.dead}").fetchone()
     conn.execute("COMMIT")
-    age = None if oldest is None else max(0.0, now - oldest)
-    return QueueStats(pending, delayed, in_flight, done, dead, age)
+    return queue_stats(pending, delayed, in_flight, done, dead, oldest, now)
 
 
-def _dead_rows(conn: sqlite3.Connection, limit: int) -> list[tuple[Any, ...]]:
+def _dead_rows(conn: sqlite3.Connection, table: JobTable, limit: int) -> list[tuple[Any, ...]]:
     return conn.execute(
-        "SELECT key, job_id, payload, attempts, error, failed_at FROM mb_dead ORDER BY seq LIMIT ?", (limit,)
+        f"SELECT key, job_id, payload, attempts, error, failed_at, traceback FROM {table.dead} "
+        "ORDER BY seq LIMIT ?",
+        (limit,),
     ).fetchall()
 
 
 def _where_keys(keys: list[str] | None) -> tuple[str, list[str]]:
     if keys is None:
         return "", []
-    return f" WHERE key IN ({', '.join('?' * len(keys))})", keys
+    return f" WHERE key IN ({_marks(len(keys))})", keys
 
 
-def _requeue_dead(conn: sqlite3.Connection, keys: list[str] | None) -> int:
-    if keys == []:
-        return 0
+def _requeue_dead(conn: sqlite3.Connection, table: JobTable, keys: list[str] | None) -> int:
     where, params = _where_keys(keys)
     now = time.time()
     conn.execute("BEGIN IMMEDIATE")
     conn.execute(
-        "INSERT OR IGNORE INTO mb_jobs (key, job_id, payload, available_at, enqueued_at) "
-        f"SELECT key, job_id, payload, ?, ? FROM mb_dead{where}",
+        f"INSERT OR IGNORE INTO {table.jobs} (key, job_id, payload, available_at, enqueued_at) "
+        f"SELECT key, job_id, payload, ?, ? FROM {table.dead}{where}",
         [now, now, *params],
     )
-    moved = conn.execute(f"DELETE FROM mb_dead{where}", params).rowcount
+    moved = conn.execute(f"DELETE FROM {table.dead}{where}", params).rowcount
     conn.execute("COMMIT")
     return moved
 
 
-def _purge_dead(conn: sqlite3.Connection, keys: list[str] | None) -> int:
-    if keys == []:
-        return 0
+def _purge_dead(conn: sqlite3.Connection, table: JobTable, keys: list[str] | None) -> int:
     where, params = _where_keys(keys)
     conn.execute("BEGIN IMMEDIATE")
-    purged = conn.execute(f"DELETE FROM mb_dead{where}", params).rowcount
+    purged = conn.execute(f"DELETE FROM {table.dead}{where}", params).rowcount
     conn.execute("COMMIT")
     return purged
+
+
+def _drop(conn: sqlite3.Connection, table: JobTable) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    for name in (table.jobs, table.dead, table.meta):
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
+    conn.execute("COMMIT")

@@ -1,4 +1,4 @@
-"""Connecting a queue to the engine: the in-memory fast path, or any ``add``/``process`` queue."""
+"""Driving a user queue that implements only ``add(job)`` and ``process(callback)``."""
 
 from __future__ import annotations
 
@@ -8,30 +8,12 @@ import logging
 import threading
 from typing import Any
 
-from ._engine import Adapter
-from ._job import Job
-from .queues.memory import MemoryQueue
+from .._job import Job
+from .base import Adapter
 
-__all__ = ["QueueAdapter", "make_adapter"]
+__all__ = ["QueueAdapter"]
 
 logger = logging.getLogger("microbatching")
-
-
-def make_adapter(queue: object) -> Adapter:
-    """The adapter for ``queue``: ``None`` and :class:`MemoryQueue` use the direct path."""
-    if queue is None or type(queue) is MemoryQueue:
-        return Adapter()
-    custom = getattr(queue, "make_adapter", None)
-    if callable(custom):  # a bundled durable queue brings its own
-        adapter: Adapter = custom()
-        return adapter
-    missing = [name for name in ("add", "process") if not callable(getattr(queue, name, None))]
-    if missing:
-        raise TypeError(
-            f"queue must implement add(job) and process(callback) (QueueInterface); "
-            f"{type(queue).__name__} lacks {' and '.join(missing)}"
-        )
-    return QueueAdapter(queue)
 
 
 class QueueAdapter(Adapter):
@@ -42,6 +24,9 @@ class QueueAdapter(Adapter):
     never delivers can be failed at shutdown instead of hanging their submitters.  Copies
     are matched by id, oldest first when several jobs share one.
     """
+
+    direct = False
+    settles = True
 
     def __init__(self, queue: Any) -> None:
         self.queue = queue

@@ -6,7 +6,7 @@ import json
 import pickle
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import PayloadTooLargeError, SerializationError
+from ..errors import PayloadTooLargeError, SerializationError
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",

@@ -15,20 +15,20 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._claims import Lease, Message
-from ._engine import Adapter
-from ._job import Job
-from .errors import JobCancelledError, JobFailedError
+from .._job import Job
+from ..errors import JobCancelledError
+from ..queues._types import Lease, Message
+from .base import Adapter
 
 if TYPE_CHECKING:
-    from .interfaces import ClaimQueue
+    from ..queues._base import ClaimQueue
 
 __all__ = ["ClaimAdapter"]
 
 logger = logging.getLogger("microbatching")
 
-_MIN_IDLE = 0.002  # first poll delay once the queue runs dry; doubles up to _MAX_IDLE
-_MAX_IDLE = 0.1
+_POLL_WAIT = 0.1  # seconds an idle claim polls a queue that cannot block on its broker
+_BLOCKING_WAIT = 1.0  # seconds an idle claim waits on a broker that can block
 _ERROR_BACKOFF = 0.5
 #: A job whose lease ran out this many times (its consumer died or stalled with it) is
 #: processed alone: it may be what kills the consumer.
@@ -47,6 +47,9 @@ class _Own:
 class ClaimAdapter(Adapter):
     """The engine's side of a claim queue: bulk enqueue, a claim loop, bulk settlement."""
 
+    direct = False
+    settles = True
+
     def __init__(self, queue: ClaimQueue) -> None:
         self.queue = queue
         self._own: dict[str, _Own] = {}
@@ -55,7 +58,7 @@ class ClaimAdapter(Adapter):
         self._acks: list[Job[Any]] = []
         self._retries: list[tuple[Job[Any], float]] = []
         self._releases: list[Job[Any]] = []
-        self._dead: list[tuple[Job[Any], str]] = []
+        self._dead: list[tuple[Job[Any], BaseException]] = []
         self._writer: asyncio.Task[None] | None = None
         self._suspects: deque[Job[Any]] = deque()
         self._isolating: str | None = None
@@ -84,7 +87,7 @@ class ClaimAdapter(Adapter):
     # -- delivering -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        loop = self.engine._loop
+        loop = self.engine.loop
         self._tasks = [loop.create_task(self._claim_loop()), loop.create_task(self._renew_leases())]
 
     def delivered(self, job: Job[Any]) -> Job[Any] | None:
@@ -106,7 +109,9 @@ class ClaimAdapter(Adapter):
         options = engine.options
         target = options.batch_size * (options.max_concurrent_batches + 1)
         max_attempts = options.retry.max_attempts if options.retry is not None else 1
-        idle = _MIN_IDLE
+        # An idle claim waits on the broker for work (or polls, for queues that cannot);
+        # shutdown waits at most this long for the claim in progress.
+        idle_wait = _BLOCKING_WAIT if queue.capabilities.blocking_claim else _POLL_WAIT
         while True:
             draining = engine.draining
             if draining:
@@ -122,7 +127,7 @@ class ClaimAdapter(Adapter):
                 await self._sleep(None)  # woken when held jobs are settled
                 continue
             try:
-                jobs = await queue.claim(want, queue.lease, max_attempts)
+                jobs = await queue.claim(want, None, max_attempts, wait=0.0 if draining else idle_wait)
             except Exception:
                 logger.exception("claiming jobs from %r failed; retrying in %ss", queue, _ERROR_BACKOFF)
                 await asyncio.sleep(_ERROR_BACKOFF)
@@ -137,11 +142,6 @@ class ClaimAdapter(Adapter):
                     engine.deliver(job)
             if draining and not own_seen:
                 break  # our remaining jobs are behind other work, delayed, or leased elsewhere
-            if len(jobs) < want:
-                await self._sleep(idle)
-                idle = min(idle * 2, _MAX_IDLE)
-            else:
-                idle = _MIN_IDLE
         self._let_go_of_queued()
 
     async def _isolate_next(self) -> None:
@@ -197,7 +197,7 @@ class ClaimAdapter(Adapter):
             await asyncio.sleep(queue.lease / 3)
             if self._held:
                 try:
-                    await queue.extend(list(self._held.values()), queue.lease)
+                    await queue.extend(list(self._held.values()))
                 except Exception:
                     logger.exception("renewing leases on %r failed", queue)
 
@@ -232,7 +232,7 @@ class ClaimAdapter(Adapter):
             else:
                 self._retries.append((job, 0.0))  # abandoned mid-attempt: the attempt counts
         else:
-            self._dead.append((job, _describe(error)))
+            self._dead.append((job, error))
         self._schedule_write()
         self._wake.set()  # room to claim more
 
@@ -259,7 +259,7 @@ class ClaimAdapter(Adapter):
 
     def _schedule_write(self) -> None:
         if self._writer is None or self._writer.done():
-            self._writer = self.engine._loop.create_task(self._write())
+            self._writer = self.engine.loop.create_task(self._write())
 
     async def _write(self) -> None:
         # Everything gathered during one loop tick goes out together, one call per kind.
@@ -316,8 +316,3 @@ class ClaimAdapter(Adapter):
             self._fail_handle(own.job)
         self._own.clear()
         await self.queue.close()
-
-
-def _describe(error: BaseException) -> str:
-    cause = error.cause if isinstance(error, JobFailedError) else error
-    return f"{type(cause).__name__}: {cause}"

@@ -1,0 +1,119 @@
+"""Queues by URL: which class serves a scheme, ``open_queue(url)``, and URLs made safe to print."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
+
+from ..errors import InvalidQueueError
+
+if TYPE_CHECKING:
+    from ._base import ClaimQueue
+
+__all__ = ["open_queue", "query_options", "redact", "register_scheme", "schemes", "scrub"]
+
+# scheme -> (module, class, the extra that installs its client, "" if none)
+_SCHEMES: dict[str, tuple[str, str, str]] = {
+    "sqlite": ("microbatching.queues.sqlite", "SQLiteQueue", ""),
+}
+
+#: Query parameters whose values are secrets (libpq, redis-py, NATS and AMQP spellings).
+_SECRET_PARAMS = frozenset(
+    {"password", "passwd", "pwd", "pass", "secret", "token", "auth", "sslpassword", "nkey", "jwt",
+     "creds", "credentials", "api_key", "apikey", "access_token"}
+)  # fmt: skip
+_USERINFO = re.compile(r"(//[^/@?#]*?:)[^/@?#]*@")
+_QUERY_SECRET = re.compile(r"([?&](?:" + "|".join(sorted(_SECRET_PARAMS)) + r")=)[^&#]*", re.IGNORECASE)
+
+
+def register_scheme(scheme: str, module: str, cls: str, extra: str = "") -> None:
+    """Serve ``scheme://`` URLs with ``module.cls`` (imported on first use; ``extra`` names its install)."""
+    _SCHEMES[scheme] = (module, cls, extra)
+
+
+def schemes() -> list[str]:
+    """The URL schemes ``open_queue`` knows."""
+    return sorted(_SCHEMES)
+
+
+def queue_class(url: str) -> type[ClaimQueue]:
+    """The queue class serving ``url`` (a plain path is a SQLite file)."""
+    scheme = url.partition("://")[0].lower() if "://" in url else "sqlite"
+    entry = _SCHEMES.get(scheme)
+    if entry is None:
+        known = ", ".join(f"{name}://" for name in schemes())
+        raise InvalidQueueError(f"unsupported queue URL {redact(url)!r}: the known schemes are {known}")
+    module_name, class_name, extra = entry
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if not extra:
+            raise
+        raise InvalidQueueError(
+            f"{scheme}:// queues need their client library: pip install 'microbatching[{extra}]' ({exc})"
+        ) from None
+    found: type[ClaimQueue] = getattr(module, class_name)
+    return found
+
+
+def open_queue(url: str, **options: Any) -> ClaimQueue:
+    """The durable queue ``url`` names, e.g. ``open_queue("sqlite:///jobs.db")``.
+
+    ``options`` are the queue class's keyword arguments (``serializer``, ``lease``,
+    ``create``, ...); options in the URL's query take the same names.
+    """
+    cls: Any = queue_class(url)  # each queue class takes its URL first
+    queue: ClaimQueue = cls(url, **options)
+    return queue
+
+
+def query_options(url: str, allowed: dict[str, type]) -> dict[str, Any]:
+    """The options in ``url``'s query, converted to the types in ``allowed`` (a clear error otherwise)."""
+    try:
+        pairs = parse_qsl(urlsplit(url).query, keep_blank_values=True, strict_parsing=False)
+    except ValueError as exc:
+        raise ValueError(f"cannot read the options of {redact(url)!r}: {exc}") from None
+    options: dict[str, Any] = {}
+    for name, text in pairs:
+        kind = allowed.get(name)
+        if kind is None:
+            known = ", ".join(sorted(allowed))
+            raise ValueError(f"unknown option {name!r} in {redact(url)!r}; the options are: {known}")
+        options[name] = _convert(name, text, kind)
+    return options
+
+
+def _convert(name: str, text: str, kind: type) -> Any:
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"option {name} must be true or false, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"option {name} must be {kind.__name__}, got {text!r}") from None
+
+
+def redact(url: str) -> str:
+    """``url`` with its password and secret query values replaced by ``***`` (never raises)."""
+    text = str(url)
+    text = _USERINFO.sub(r"\1***@", text)
+    return _QUERY_SECRET.sub(r"\1***", text)
+
+
+def scrub(message: str, url: str) -> str:
+    """``message`` with every secret of ``url`` replaced by ``***`` (for client errors)."""
+    for secret in _secrets_of(url):
+        message = message.replace(secret, "***")
+    return redact(message)
+
+
+def _secrets_of(url: str) -> list[str]:
+    found = [match.group(0)[match.group(0).rfind(":") + 1 : -1] for match in _USERINFO.finditer(url)]
+    found += [m.group(0).split("=", 1)[1] for m in _QUERY_SECRET.finditer(url)]
+    return [secret for secret in found if len(secret) >= 3]

@@ -1,0 +1,52 @@
+"""The bundled durable queues the suite runs against: one entry per queue.
+
+Each entry says how to name a fresh queue on its backend, which service it needs, and how
+to drop a client's connection from the server side.  The conformance, durable-queue and
+fault tests are parametrized over ``BACKENDS``, so a new queue is one entry here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import service_available
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A bundled durable queue as the tests see it."""
+
+    name: str
+    #: (unique queue name, a temporary directory) -> the queue's URL
+    url: Callable[[str, Path], str]
+    #: host, port and name of the service it needs (None: embedded)
+    service: tuple[str, int, str] | None = None
+    #: the client library it needs (skipped, or failed under MICROBATCHING_REQUIRE_SERVICES=1, without it)
+    client: str | None = None
+    #: kills the queue's connection from the server side
+    break_connection: Callable[[Any], Awaitable[None]] | None = None
+    #: a lease the lease cases can rely on at this backend's granularity
+    lease: float = 0.4
+    #: whether a consumer's jobs come back when its connection closes rather than after a lease
+    vanish_by_closing: bool = False
+
+    def check_available(self) -> None:
+        """Skip (or fail, when services are required) unless the client and the service are here."""
+        if self.client is not None and importlib.util.find_spec(self.client) is None:
+            reason = f"{self.name}: the client library {self.client!r} is not installed"
+            if os.environ.get("MICROBATCHING_REQUIRE_SERVICES") == "1":
+                pytest.fail(f"{reason}, and MICROBATCHING_REQUIRE_SERVICES=1 requires it")
+            pytest.skip(reason)
+        if self.service is not None:
+            service_available(*self.service)
+
+
+BACKENDS: list[Backend] = [
+    Backend("sqlite", lambda name, tmp: f"sqlite:///{tmp}/{name}.db?lease=5"),
+]
