@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import platform
@@ -27,6 +28,8 @@ from harness import Comparison, Metrics, format_table, run_alternating
 import microbatching
 
 WORKLOADS = ["fan-in", "bulk", "decorator", "sync", "timer", "observability", "memory", "durable"]
+#: Broker queues, each measured by its own module bench_<name>.py (run only when asked for).
+QUEUE_WORKLOADS = ["redis", "postgres", "rabbitmq", "nats"]
 BATCH_SIZE = 100
 INTERVAL = 0.005
 
@@ -197,6 +200,13 @@ def bench_durable(sizes: Sizes, repeats: int) -> Comparison:
     return durable.bench(sizes.durable_jobs, max(1, repeats // 2))
 
 
+def bench_queue(name: str, sizes: Sizes, repeats: int) -> list[Comparison]:
+    """A broker queue's benchmark: its module's ``bench(quick, repeats)``."""
+    module = importlib.import_module(f"bench_{name}")
+    comparisons: list[Comparison] = module.bench(sizes == QUICK, repeats)
+    return comparisons
+
+
 BENCHES: dict[str, Callable[[Sizes, int], Comparison]] = {
     "fan-in": bench_fan_in,
     "bulk": bench_bulk,
@@ -292,9 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=WORKLOADS,
+        choices=WORKLOADS + QUEUE_WORKLOADS,
         metavar="NAME",
-        help=f"run only this workload (repeatable): {', '.join(WORKLOADS)}",
+        help=f"run only this workload (repeatable): {', '.join(WORKLOADS + QUEUE_WORKLOADS)} "
+        "(the broker queues run only when named)",
     )
     parser.add_argument("--repeats", type=int, help="repeats per implementation (default 5, quick 1)")
     parser.add_argument("--json", metavar="PATH", help="also save the results as JSON")
@@ -315,9 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     summaries: dict[str, dict[str, Any]] = {}
     for name in args.only or WORKLOADS:
         started = time.perf_counter()
-        summary = BENCHES[name](sizes, repeats).summary()
-        summaries[name] = summary
-        print(format_table(summary), f"   ({time.perf_counter() - started:.1f} s)", sep="\n", flush=True)
+        if name in QUEUE_WORKLOADS:
+            results = bench_queue(name, sizes, repeats)
+        else:
+            results = [BENCHES[name](sizes, repeats)]
+        for index, result in enumerate(results):
+            summary = result.summary()
+            summaries[name if index == 0 else f"{name}/{index}"] = summary
+            print(format_table(summary), flush=True)
+        print(f"   ({time.perf_counter() - started:.1f} s)", flush=True)
     print("== issue-4 targets" + (" (quick sizes: speed NOT judged)" if args.quick else "") + " ==")
     for line in verdicts(summaries):
         print(line)

@@ -48,5 +48,5 @@ class Backend:
 
 
 BACKENDS: list[Backend] = [
-    Backend("sqlite", lambda name, tmp: f"sqlite:///{tmp}/{name}.db?lease=5"),
+    Backend("sqlite", lambda name, tmp: f"sqlite:///{tmp}/{name}.db"),
 ]

@@ -121,7 +121,7 @@ def add_commands(commands: Any) -> None:
     worker.add_argument(
         "--lease",
         type=float,
-        default=30.0,
+        default=None,
         metavar="S",
         help="lease on claimed jobs, renewed while they are worked on; a dead "
         "worker's jobs come back after it (default 30)",
@@ -208,7 +208,7 @@ def _queue_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--serializer",
         choices=("json", "pickle"),
-        default="json",
+        default=None,
         help="how the queue's jobs are encoded (default json; pickle only for trusted writers)",
     )
 
@@ -229,10 +229,13 @@ def run(args: argparse.Namespace) -> int:
 # -- shared helpers ----------------------------------------------------------------------------
 
 
-def open_queue(url: str, serializer: str = "json", **options: Any) -> ClaimQueue:
-    """The durable queue a URL names (a bad URL or option is a usage error)."""
+def open_queue(url: str, serializer: str | None = None, **options: Any) -> ClaimQueue:
+    """The durable queue a URL names (a bad URL or option is a usage error); ``None`` means not given."""
+    given = {
+        name: value for name, value in {"serializer": serializer, **options}.items() if value is not None
+    }
     try:
-        return queues.open_queue(url, serializer=serializer, **options)
+        return queues.open_queue(url, **given)
     except (ValueError, TypeError, InvalidQueueError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -447,7 +450,7 @@ async def _work(args: argparse.Namespace, processor: object, queue: ClaimQueue) 
         args.batch_interval,
         args.concurrency,
         args.max_attempts,
-        args.lease,
+        queue.lease,
     )
     watchers = [asyncio.ensure_future(progress.run(stop))]
     if args.until_empty:

@@ -56,8 +56,9 @@ def test_a_worker_sigkilled_at_random_points_loses_nothing(fault_run: FaultRun) 
         else:
             assert code == 0
             break
-    final = fault_run.worker(*BATCH, "--lease", "1", "--max-attempts", "50", "--until-empty",
-                             FAULT_SELF_KILL="0")
+    final = fault_run.worker(
+        *BATCH, "--lease", "1", "--max-attempts", "50", "--until-empty", FAULT_SELF_KILL="0"
+    )
     assert finish(final, 120) == 0
     counts = fault_run.counts()
     stats, dead = fault_run.stats()
@@ -65,10 +66,19 @@ def test_a_worker_sigkilled_at_random_points_loses_nothing(fault_run: FaultRun) 
     duplicates = sum(counts.values()) - len(counts)
     window = 50 * (concurrency + 1)  # jobs a worker holds at most: the in-flight bound per kill
     kills += self_kills
-    fault_run.report(jobs=jobs, kills=kills, self_kills_after_side_effect=self_kills, runs=runs + 1,
-                     lost=lost, duplicates=duplicates,
-                     duplicate_bound=kills * window, max_times_one_job_ran=max(counts.values()),
-                     left_leased=stats.in_flight, done=stats.done, dead=stats.dead)
+    fault_run.report(
+        jobs=jobs,
+        kills=kills,
+        self_kills_after_side_effect=self_kills,
+        runs=runs + 1,
+        lost=lost,
+        duplicates=duplicates,
+        duplicate_bound=kills * window,
+        max_times_one_job_ran=max(counts.values()),
+        left_leased=stats.in_flight,
+        done=stats.done,
+        dead=stats.dead,
+    )
     assert kills >= 10
     assert lost == 0 and set(counts) == set(range(jobs))
     assert duplicates <= kills * window
@@ -81,8 +91,9 @@ def test_a_worker_sigkilled_at_random_points_loses_nothing(fault_run: FaultRun) 
 def test_poison_jobs_are_dead_lettered_and_hold_nobody_back(fault_run: FaultRun) -> None:
     jobs = 5_000
     fault_run.enqueue(range(jobs))
-    worker = fault_run.worker(*BATCH, "--max-attempts", "5", "--retry-delay", "0.05", "--until-empty",
-                              FAULT_POISON_MOD="100")
+    worker = fault_run.worker(
+        *BATCH, "--max-attempts", "5", "--retry-delay", "0.05", "--until-empty", FAULT_POISON_MOD="100"
+    )
     assert finish(worker) == 0
     effects = fault_run.effects()
     stats, dead = fault_run.stats()
@@ -91,11 +102,17 @@ def test_poison_jobs_are_dead_lettered_and_hold_nobody_back(fault_run: FaultRun)
     good_attempts = {attempts for _, attempts, _ in good}
     first, last_good = min(at for _, _, at in effects), max(at for _, _, at in good)
     poison_done = max(at for job_id, _, at in effects if job_id in poison)
-    fault_run.report(jobs=jobs, poison=len(poison), dead=len(dead), done=stats.done, lost=0,
-                     duplicates=len(good) - len({j for j, _, _ in good}),
-                     good_attempts=sorted(good_attempts),
-                     good_jobs_all_processed_after_s=round(last_good - first, 3),
-                     poison_jobs_dead_after_s=round(poison_done - first, 3))
+    fault_run.report(
+        jobs=jobs,
+        poison=len(poison),
+        dead=len(dead),
+        done=stats.done,
+        lost=0,
+        duplicates=len(good) - len({j for j, _, _ in good}),
+        good_attempts=sorted(good_attempts),
+        good_jobs_all_processed_after_s=round(last_good - first, 3),
+        poison_jobs_dead_after_s=round(poison_done - first, 3),
+    )
     assert {d.job_id for d in dead} == poison
     assert {d.attempts for d in dead} == {5}
     assert all(d.error == f"ValueError: poison {d.job_id}" for d in dead)
@@ -113,8 +130,18 @@ def test_a_job_that_kills_its_worker_reaches_the_dead_letters(fault_run: FaultRu
     fault_run.enqueue(range(jobs))
     crashes = 0
     for _ in range(20):
-        worker = fault_run.worker("--batch-size", "10", "--batch-interval", "0.01", "--lease", "0.5",
-                                  "--max-attempts", "3", "--until-empty", FAULT_KILLER=str(killer))
+        worker = fault_run.worker(
+            "--batch-size",
+            "10",
+            "--batch-interval",
+            "0.01",
+            "--lease",
+            "0.5",
+            "--max-attempts",
+            "3",
+            "--until-empty",
+            FAULT_KILLER=str(killer),
+        )
         code = finish(worker)
         if code == 0:
             break
@@ -122,9 +149,14 @@ def test_a_job_that_kills_its_worker_reaches_the_dead_letters(fault_run: FaultRu
         crashes += 1
     counts = fault_run.counts()
     stats, dead = fault_run.stats()
-    fault_run.report(jobs=jobs, crashes=crashes, dead=[(d.job_id, d.attempts) for d in dead],
-                     lost=jobs - 1 - len(counts), duplicates=sum(counts.values()) - len(counts),
-                     done=stats.done)
+    fault_run.report(
+        jobs=jobs,
+        crashes=crashes,
+        dead=[(d.job_id, d.attempts) for d in dead],
+        lost=jobs - 1 - len(counts),
+        duplicates=sum(counts.values()) - len(counts),
+        done=stats.done,
+    )
     assert crashes == 3
     assert [(d.job_id, d.attempts) for d in dead] == [(killer, 3)]
     assert "WorkerLost" in dead[0].error and "attempt 3" in dead[0].error
@@ -145,9 +177,15 @@ def test_sigterm_with_batches_in_flight_drains_cleanly(fault_run: FaultRun) -> N
     code = finish(worker)
     counts = fault_run.counts()
     stats, _ = fault_run.stats()
-    fault_run.report(jobs=jobs, processed_before_exit=len(counts), exit_code=code,
-                     duplicates=sum(counts.values()) - len(counts), left_leased=stats.in_flight,
-                     done=stats.done, pending=stats.pending)
+    fault_run.report(
+        jobs=jobs,
+        processed_before_exit=len(counts),
+        exit_code=code,
+        duplicates=sum(counts.values()) - len(counts),
+        left_leased=stats.in_flight,
+        done=stats.done,
+        pending=stats.pending,
+    )
     assert code == 0
     assert stats.in_flight == 0
     assert max(counts.values()) == 1
@@ -164,14 +202,66 @@ def test_several_workers_on_one_queue_do_every_job_exactly_once(fault_run: Fault
     codes = [finish(process, 100) for process in processes]
     counts = fault_run.counts()
     stats, _ = fault_run.stats()
-    per_worker = sorted(
-        path.read_text().count("\n") for path in fault_run.tmp.glob("effects-*.log")
+    per_worker = sorted(path.read_text().count("\n") for path in fault_run.tmp.glob("effects-*.log"))
+    fault_run.report(
+        jobs=jobs,
+        workers=workers,
+        lost=jobs - len(counts),
+        duplicates=sum(counts.values()) - len(counts),
+        jobs_per_worker=per_worker,
+        done=stats.done,
     )
-    fault_run.report(jobs=jobs, workers=workers, lost=jobs - len(counts),
-                     duplicates=sum(counts.values()) - len(counts), jobs_per_worker=per_worker,
-                     done=stats.done)
     assert codes == [0] * workers
     assert sorted(counts) == list(range(jobs))
     assert set(counts.values()) == {1}
     assert stats.done == jobs
     assert (stats.pending, stats.delayed, stats.in_flight, stats.dead) == (0, 0, 0, 0)
+
+
+@pytest.mark.timeout(180)
+def test_three_workers_one_sigkilled_repeatedly_lose_nothing(fault_run: FaultRun) -> None:
+    jobs, window = 5_000, 50 * 2  # a worker holds at most batch_size * (concurrency + 1) jobs
+    fault_run.enqueue(range(jobs))
+    fault_run.env.update(FAULT_SLEEP="0.03")
+    options = (*BATCH, "--lease", "2", "--max-attempts", "50")
+    steady = [fault_run.worker(*options, "--until-empty") for _ in range(2)]
+    kills = 0
+    victim = fault_run.worker(*options)
+    rng = random.Random(20261202)
+    while any(worker.poll() is None for worker in steady) and kills < 30:
+        before = fault_run.effect_count()
+        while fault_run.effect_count() == before and victim.poll() is None:  # until it is working
+            if all(worker.poll() is not None for worker in steady):
+                break  # the others emptied the queue meanwhile
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.02, 0.3))
+        victim.send_signal(signal.SIGKILL)
+        finish(victim)
+        kills += 1
+        victim = fault_run.worker(*options)
+    victim.send_signal(signal.SIGKILL)
+    finish(victim)
+    kills += 1
+    assert [finish(worker, 120) for worker in steady] == [0, 0]
+    final = fault_run.worker(*options, "--until-empty")  # what the last kill left leased comes back
+    assert finish(final, 120) == 0
+    counts = fault_run.counts()
+    stats, dead = fault_run.stats()
+    lost = jobs - len(counts)
+    duplicates = sum(counts.values()) - len(counts)
+    fault_run.report(
+        jobs=jobs,
+        workers=3,
+        kills=kills,
+        lost=lost,
+        duplicates=duplicates,
+        duplicate_bound=kills * window,
+        left_pending=stats.pending,
+        left_leased=stats.in_flight,
+        dead=stats.dead,
+    )
+    assert kills >= 3
+    assert lost == 0 and set(counts) == set(range(jobs))
+    assert duplicates <= kills * window
+    assert (stats.pending, stats.delayed, stats.in_flight) == (0, 0, 0)
+    assert dead == []

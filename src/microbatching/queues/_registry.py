@@ -12,7 +12,7 @@ from ..errors import InvalidQueueError
 if TYPE_CHECKING:
     from ._base import ClaimQueue
 
-__all__ = ["open_queue", "query_options", "redact", "register_scheme", "schemes", "scrub"]
+__all__ = ["open_queue", "query_options", "redact", "register_scheme", "resolve_options", "schemes", "scrub"]
 
 # scheme -> (module, class, the extra that installs its client, "" if none)
 _SCHEMES: dict[str, tuple[str, str, str]] = {
@@ -83,6 +83,22 @@ def query_options(url: str, allowed: dict[str, type]) -> dict[str, Any]:
             raise ValueError(f"unknown option {name!r} in {redact(url)!r}; the options are: {known}")
         options[name] = _convert(name, text, kind)
     return options
+
+
+def resolve_options(url: str, spec: dict[str, tuple[type, Any]], given: dict[str, Any]) -> dict[str, Any]:
+    """Each option of ``spec`` (name -> (type, default)) from the URL's query, or from ``given``
+    (``None`` = not given), else its default.  Giving one both ways is refused.
+    """
+    from_url = query_options(url, {name: kind for name, (kind, _) in spec.items()}) if "?" in url else {}
+    resolved = {}
+    for name, (_, default) in spec.items():
+        passed = given.get(name)
+        if name in from_url and passed is not None and passed != from_url[name]:
+            raise ValueError(
+                f"{name} is given both in the URL ({from_url[name]!r}) and as an argument ({passed!r})"
+            )
+        resolved[name] = from_url.get(name, default if passed is None else passed)
+    return resolved
 
 
 def _convert(name: str, text: str, kind: type) -> Any:

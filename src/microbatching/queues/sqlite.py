@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from ..errors import InvalidQueueError
 from ._base import ClaimQueue
-from ._registry import query_options
+from ._registry import resolve_options
 from ._serialization import DEFAULT_MAX_PAYLOAD_BYTES, Serializer
 from ._table import DEAD_COLUMNS, JOB_COLUMNS, SCHEMA_VERSION, JobTable, claimed_row, queue_stats, worker_lost
 from ._types import Claimed, Lease, Message, QueueCapabilities, QueueStats, StoredDeadLetter
@@ -58,8 +58,9 @@ _EXHAUSTED = (
     "SELECT seq, token, attempts FROM {jobs} WHERE available_at <= ? AND token IS NOT NULL AND attempts >= ?"
 )
 _CHUNK = 500  # bound parameters per statement: old SQLite builds allow 999
-_OPTIONS = {"lease": float, "serializer": str, "max_payload_bytes": int, "busy_timeout": float,
-            "synchronous": str, "name": str}  # fmt: skip
+#: The options a URL's query may carry, with their types and defaults.
+_OPTIONS: dict[str, tuple[type, Any]] = {"serializer": (str, "json"), "lease": (float, 30.0),
+            "busy_timeout": (float, 30.0), "synchronous": (str, "NORMAL"), "name": (str, "mb")}  # fmt: skip
 
 
 class SQLiteQueue(ClaimQueue):
@@ -90,29 +91,31 @@ class SQLiteQueue(ClaimQueue):
         self,
         url: str | os.PathLike[str] = "sqlite:///microbatching.db",
         *,
-        serializer: str | Serializer = "json",
+        serializer: str | Serializer | None = None,
         max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
-        lease: float = 30.0,
-        busy_timeout: float = 30.0,
-        synchronous: str = "NORMAL",
-        name: str = "mb",
+        lease: float | None = None,
+        busy_timeout: float | None = None,
+        synchronous: str | None = None,
+        name: str | None = None,
         create: bool = True,
     ) -> None:
         text = os.fspath(url)
-        given = query_options(text, _OPTIONS) if "://" in text else {}
-        serializer = given.get("serializer", serializer)
-        max_payload_bytes = given.get("max_payload_bytes", max_payload_bytes)
-        lease = given.get("lease", lease)
+        given = {"serializer": serializer, "lease": lease, "busy_timeout": busy_timeout,
+                 "synchronous": synchronous, "name": name}  # fmt: skip
+        options = resolve_options(text, _OPTIONS, given)
         super().__init__(
-            serializer=serializer, max_payload_bytes=max_payload_bytes, lease=lease, create=create
+            serializer=options["serializer"],
+            max_payload_bytes=max_payload_bytes,
+            lease=options["lease"],
+            create=create,
         )
-        synchronous = str(given.get("synchronous", synchronous)).upper()
+        synchronous = str(options["synchronous"]).upper()
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
         self.url = text
         self.path = _path_from_url(text)
-        self.table = JobTable(given.get("name", name))
-        self._busy_timeout = float(given.get("busy_timeout", busy_timeout))
+        self.table = JobTable(options["name"])
+        self._busy_timeout = options["busy_timeout"]
         self._synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
