@@ -4,6 +4,9 @@ The in-memory queue is the default; ``SQLiteQueue`` is embedded and durable; bro
 queues come as extras.  ``open_queue(url)`` gives the durable queue a URL names.
 """
 
+import importlib
+from typing import Any
+
 from ._base import ClaimQueue, QueueInterface
 from ._registry import open_queue, redact, register_scheme
 from ._types import DeadLetter, Lease, Message, QueueCapabilities, QueueStats
@@ -26,3 +29,21 @@ __all__ = [
     "QueueInterface",
     "QueueStats",
 ]
+
+#: Broker queues, imported on first use (their client libraries are optional extras):
+#: class name -> (module, extra).
+_BROKER_QUEUES: dict[str, tuple[str, str]] = {}
+
+
+def __getattr__(name: str) -> Any:
+    entry = _BROKER_QUEUES.get(name)
+    if entry is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, extra = entry
+    try:
+        imported = importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"{name} needs its client library: pip install 'microbatching[{extra}]' ({exc})"
+        ) from exc
+    return getattr(imported, name)
