@@ -140,7 +140,7 @@ def test_a_submit_that_races_past_shutdown_fails_with_shutdown_error() -> None:
 
     late_handle = JobResult(late)
     late._handle = late_handle
-    mb._engine.admit_threadsafe(late)
+    mb._engine.inbox.submit(late)
     assert handle.result(0) == 0
     with pytest.raises(ShutdownError):
         late_handle.result(timeout=1)

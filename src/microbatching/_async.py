@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections import deque
+from asyncio.events import _get_running_loop  # the C accessor: no Python frame per submit
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -30,95 +30,109 @@ class AsyncMicroBatching(BatcherBase):
     ``fut = await mb.submit_job(job)`` first waits for room under ``max_pending``.
     ``await fut`` gives the job's result or raises its error.  ``async with`` starts the
     batcher and shuts it down gracefully; so do ``start()`` and ``await shutdown()``.
+    A batcher belongs to the event loop it started on, and is called from that loop's
+    thread only (from other threads, use :class:`~microbatching.MicroBatching`).
     """
 
-    _loop: asyncio.AbstractEventLoop
-    _room_waiters: deque[asyncio.Future[None]]
+    _loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         """Bind to the running event loop and begin (idempotent; submits start it too)."""
         if self._state is State.RUNNING:
+            self._check_loop()
             return
         self._refuse_if_closed()
-        self._loop = asyncio.get_running_loop()
-        self._create_future = _future_factory(self._loop)
-        self._room_waiters = deque()
-        if self.options.max_pending is not None:
-            self._engine.on_final = self._room_freed
-        self._engine.bind(self._loop)
-        self._engine.reraise_interrupts = self._engine._is_async
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._create_future = _future_factory(loop)
+        self._engine.bind(loop)
+        self._engine.reraise_interrupts = self._engine.runner.is_async
         self._now = self._engine.now
+        self._buffer.off_loop = self._check_loop
         self._state = State.RUNNING
         # Only a bounded or encoding batcher needs checks on every submit.
         self._update_guard()
-        self._engine._adapter.start()
 
     def submit_job_nowait(self, job: Job[Any]) -> asyncio.Future[Any]:
         """Accept ``job`` and return its future; raises ``QueueFullError`` at ``max_pending``."""
         try:
             handle = job._handle
         except AttributeError:
-            raise TypeError(f"submit a Job, e.g. Job(data=...); got {type(job).__name__}") from None
-        if handle is not None and not handle.done():
-            raise ValueError(f"{job!r} is already submitted and not finished")
+            raise self._not_a_job(job) from None
+        if handle is not None:
+            self._refuse_resubmit(job, handle)
         if self._guarded:
-            self._check_admission(job)
+            self._admit(job)
+            if not self._pending.has_room():
+                raise self._queue_full()
+        # _enter(job), written out: this runs for every submit.
         future = self._create_future()
         job._handle = future
         job._submitted_at = job._ready_at = self._now()
-        self._engine.admit(job)
+        self._buffer.admit(job)
         return future
-
-    def _check_admission(self, job: Job[Any]) -> None:
-        """The checks a plain running batcher can skip: lifecycle, ``max_pending``, encoding."""
-        if self._state is not State.RUNNING:
-            self.start()
-        if self._engine.pending >= self._limit:
-            raise self._queue_full()
-        if self._prepare is not None:
-            self._prepare(job)
 
     async def submit_job(self, job: Job[Any], timeout: float | None = None) -> asyncio.Future[Any]:
         """Wait (up to ``timeout`` seconds) for room under ``max_pending``, then submit ``job``."""
+        try:
+            handle = job._handle
+        except AttributeError:
+            raise self._not_a_job(job) from None
+        if handle is not None:
+            self._refuse_resubmit(job, handle)
+        self._check_loop()
+        self._admit(job)
+        if not self._pending.has_room():
+            if not await self._pending.wait_for_room(self._loop, timeout):  # type: ignore[arg-type]
+                self._refuse_if_closed()  # woken by shutdown
+                raise self._queue_full(timeout)
+            self._refuse_if_closed()
+        return self._enter(job)
+
+    def _admit(self, job: Job[Any]) -> None:
+        """The lifecycle (and the loop), then the encoding: the checks before room."""
         if self._state is not State.RUNNING:
             self.start()
-        if self._engine.pending >= self._limit:
-            await self._wait_for_room(timeout)
-        return self.submit_job_nowait(job)
+        elif _get_running_loop() is not self._loop:
+            self._check_loop()
+        self._encode(job)
 
-    async def _wait_for_room(self, timeout: float | None) -> None:
-        deadline = None if timeout is None else self._loop.time() + timeout
-        while self._engine.pending >= self._limit:
+    def _enter(self, job: Job[Any]) -> asyncio.Future[Any]:
+        future = self._create_future()
+        job._handle = future
+        job._submitted_at = job._ready_at = self._now()
+        self._buffer.admit(job)
+        return future
+
+    def _check_loop(self) -> None:
+        """Start on the running loop; refuse another thread or another loop, saying what to do."""
+        running = _get_running_loop()
+        if self._state is State.NEW and running is not None:
+            self.start()
+            return
+        if running is self._loop:
+            return
+        if running is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is called from a thread with no running event loop "
+                f"(a thread pool, say); it belongs to its event loop's thread: from other threads "
+                "use MicroBatching, which any thread may submit to"
+            )
+        if running is not self._loop:
             self._refuse_if_closed()
-            waiter = self._loop.create_future()
-            self._room_waiters.append(waiter)
-            remaining = None if deadline is None else max(0.0, deadline - self._loop.time())
-            try:
-                await asyncio.wait_for(waiter, remaining)
-            except BaseException as exc:
-                if waiter.done() and not waiter.cancelled():
-                    self._room_freed(1)  # we were woken but leave: hand the wake-up on
-                if isinstance(exc, asyncio.TimeoutError):
-                    raise self._queue_full(timeout) from None
-                raise
-            finally:
-                if waiter in self._room_waiters:
-                    self._room_waiters.remove(waiter)
-
-    def _room_freed(self, count: int) -> None:
-        waiters = self._room_waiters
-        while count > 0 and waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                count -= 1
+            raise RuntimeError(
+                f"{type(self).__name__} was started on another event loop (one asyncio.run() per "
+                "batcher): make a new batcher for this loop, e.g. inside the same asyncio.run() "
+                "or a web framework's lifespan"
+            )
 
     async def shutdown(self, timeout: float | None = None, *, cancel: bool = False) -> None:
         """Stop admission, flush the open batch at once and wait for every accepted job.
 
         With ``timeout``, jobs unfinished after that many seconds are abandoned; with
         ``cancel=True`` they are abandoned at once (running async processors are
-        cancelled).  Abandoned jobs fail with ``JobCancelledError``.  Idempotent.
+        cancelled).  Abandoned jobs fail with ``JobCancelledError``.  Idempotent; a second
+        call with a timeout or ``cancel=True`` ends a graceful shutdown that is stuck.
         """
         if self._state is State.NEW:
             self._state = State.CLOSED
@@ -130,9 +144,7 @@ class AsyncMicroBatching(BatcherBase):
         if self._state is State.RUNNING:
             self._state = State.CLOSING
             self._update_guard()
-            for waiter in self._room_waiters:  # blocked submitters learn of the shutdown
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._pending.close()  # blocked submitters learn of the shutdown
         await self._engine.drain(timeout, cancel)
         self._state = State.CLOSED
 

@@ -1,4 +1,4 @@
-"""What both batchers share: options, the engine, events and statistics."""
+"""What both batchers share: options, the engine, events, statistics and the admission step."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
-from ._engine import Engine
+from ._engine import Engine, Pending
 from ._events import EventEmitter
 from ._job import Job
-from ._options import DEFAULT_BATCH_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_RETRY, Options
+from ._options import DEFAULT_BATCH_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_RETRY, Options, check_processor_slot
 from ._retry import RetryPolicy
 from ._stats import Stats
 from .adapters import make_adapter
@@ -29,7 +29,13 @@ class State(enum.Enum):
 
 
 class BatcherBase(EventEmitter):
-    """Options and plumbing common to :class:`MicroBatching` and :class:`AsyncMicroBatching`."""
+    """Options and plumbing common to :class:`MicroBatching` and :class:`AsyncMicroBatching`.
+
+    Admission runs in one order in both: the job itself (a ``Job``, not already in the
+    batcher), the lifecycle (started, not shut down), encoding (a durable queue refuses
+    data it cannot store), then room under ``max_pending`` -- so the same bad submit gets
+    the same error from either batcher.
+    """
 
     def __init__(
         self,
@@ -46,8 +52,7 @@ class BatcherBase(EventEmitter):
         batch_timeout: float | None = None,
     ) -> None:
         super().__init__()
-        if processor is None:
-            raise TypeError("a processor is required: MicroBatching(queue, processor, ...)")
+        check_processor_slot(type(self).__name__, queue, processor)
         self.options = Options(
             batch_size=batch_size,
             batch_interval=batch_interval,
@@ -60,14 +65,19 @@ class BatcherBase(EventEmitter):
         )
         self.queue = queue
         adapter = make_adapter(queue)
-        self._engine = Engine(self.options, processor, self, adapter)
-        # Only queues that encode jobs need a look at them in the submitter's thread.
+        self._pending = self._make_pending(max_pending)
+        self._engine = Engine(self.options, processor, self, adapter, self._pending)
+        self._buffer = self._engine.buffer  # where every submit goes: the hot path's one call
+        self._recorder = self._engine.recorder  # exporters read the per-batch records here
         self._state = State.NEW
+        # Only queues that encode (or otherwise check) jobs need a look at them at submit.
         self._prepare_hook: Callable[[Job[Any]], None] | None = (
             adapter.prepare if type(adapter).prepare is not Adapter.prepare else None
         )
-        self._limit: float = float("inf") if max_pending is None else max_pending
         self._update_guard()
+
+    def _make_pending(self, limit: int | None) -> Pending:
+        return Pending(limit)
 
     @property
     def _prepare(self) -> Callable[[Job[Any]], None] | None:
@@ -80,20 +90,51 @@ class BatcherBase(EventEmitter):
         self._update_guard()
 
     def _update_guard(self) -> None:
-        # A running batcher with no bound and nothing to encode skips every submit check.
+        # A running batcher with no bound and nothing to encode skips every admission check.
         self._guarded = (
             self._state is not State.RUNNING
             or self.options.max_pending is not None
             or self._prepare_hook is not None
+            or self._buffer.route is not None  # weighed, or a queue's: checked before it is routed
         )
 
     def _listeners_changed(self) -> None:
-        self._engine.announce_added = self._handlers.get("job_added", ())
+        handlers = self.listening("job_added")
+        if not handlers:
+            self._buffer.announce = None
+            return
+
+        def announce(job: Job[Any]) -> None:
+            self.dispatch("job_added", handlers, (job,))
+
+        self._buffer.announce = announce
 
     @property
     def state(self) -> State:
         """Where the batcher is in its lifecycle."""
         return self._state
+
+    # -- admission ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _refuse_resubmit(job: Job[Any], handle: Any) -> None:
+        """A Job object may go in again only once its earlier submission is over."""
+        if handle.done() and not handle.cancelled():
+            return
+        if handle.cancelled():
+            raise ValueError(
+                f"{job!r} was cancelled but is still waiting in the batcher (it leaves when its batch "
+                "starts); submit a new Job"
+            )
+        raise ValueError(f"{job!r} is already submitted and not finished")
+
+    @staticmethod
+    def _not_a_job(job: object) -> TypeError:
+        return TypeError(f"submit a Job, e.g. Job(data=...); got {type(job).__name__}")
+
+    def _encode(self, job: Job[Any]) -> None:
+        if self._prepare_hook is not None:
+            self._prepare_hook(job)
 
     def _refuse_if_closed(self) -> None:
         if self._state in (State.CLOSING, State.CLOSED):
@@ -108,6 +149,10 @@ class BatcherBase(EventEmitter):
         text = f"max_pending={limit} reached: {limit} jobs are accepted and not yet final"
         return QueueFullError(text if waited is None else f"{text}; no room within {waited}s")
 
+    def _raise_processor_errors(self) -> None:
+        """Fail jobs with the processor's own error, not JobFailedError (what ``@batch`` wants)."""
+        self._engine.outcomes.wrap_errors = False
+
     def _engine_stats(self) -> Stats:
         return self._engine.stats()
 
@@ -115,5 +160,5 @@ class BatcherBase(EventEmitter):
         o = self.options
         return (
             f"<{type(self).__name__} {self._state.value} batch_size={o.batch_size} "
-            f"batch_interval={o.batch_interval} pending={self._engine.pending}>"
+            f"batch_interval={o.batch_interval} pending={self._pending.count}>"
         )

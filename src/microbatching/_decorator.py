@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 from ._async import AsyncMicroBatching
-from ._base import BatcherBase
+from ._engine.processor import is_async_callable, resolve_processor
 from ._job import Job
+from ._options import Options
 from ._sync import MicroBatching
 
 __all__ = ["batch"]
@@ -31,8 +31,9 @@ def batch(func: Callable[..., Any] | None = None, **options: Any) -> Any:
     options.setdefault("retry", None)
 
     def decorate(target: Callable[..., Any]) -> Any:
-        BatcherBase(None, target, **options)  # validate the options now, not at first call
-        caller = _AsyncCaller if inspect.iscoroutinefunction(target) else _SyncCaller
+        Options(**options)  # validate the options now, not at first call
+        resolve_processor(target)
+        caller = _AsyncCaller if is_async_callable(target) else _SyncCaller
         return _wrapper(target, caller, options)
 
     return decorate if func is None else decorate(func)
@@ -108,7 +109,7 @@ class _AsyncCaller(_Caller):
             return await func([job.data for job in jobs])
 
         batcher = AsyncMicroBatching(None, process, **self._options)
-        batcher._engine.wrap_errors = False
+        batcher._raise_processor_errors()
         batcher.start()
         self._batcher = batcher
         self._loop = asyncio.get_running_loop()
@@ -134,5 +135,5 @@ class _SyncCaller(_Caller):
             return func([job.data for job in jobs])
 
         batcher = MicroBatching(None, process, **self._options)
-        batcher._engine.wrap_errors = False
+        batcher._raise_processor_errors()
         return batcher

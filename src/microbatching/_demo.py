@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 from ._async import AsyncMicroBatching
-from ._batch import Batch, plural
+from ._batch import Batch
+from ._engine.processor import plural
 from ._job import Job
 from ._retry import RetryPolicy
 

@@ -91,6 +91,18 @@ class EventEmitter:
         """The handlers registered for ``event``, in call order."""
         return [getattr(h, "func", h) for h in self._handlers.get(event, ())]
 
+    def listening(self, event: str) -> tuple[Handler, ...]:
+        """The handlers of ``event`` as called (empty when nobody listens): one dict lookup."""
+        return self._handlers.get(event, ())
+
+    def is_handler_task(self, task: asyncio.Task[Any]) -> bool:
+        """Whether ``task`` runs an async event handler."""
+        return task in self._tasks
+
+    def awaiting_shutdown(self, task: asyncio.Task[Any]) -> None:
+        """``task``, a handler, waits for the shutdown: the shutdown must not wait for it."""
+        self._awaiting_shutdown.add(task)
+
     def emit(self, event: str, *args: Any) -> bool:
         """Call the handlers of ``event`` with ``args``; returns whether any was called."""
         handlers = self._handlers.get(event)
@@ -104,7 +116,7 @@ class EventEmitter:
         for handler in handlers:
             try:
                 outcome = handler(*args)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: a handler never stops the batcher
                 self._handler_failed(event, exc)
                 continue
             if outcome is not None and inspect.isawaitable(outcome):  # most handlers return None
@@ -125,14 +137,19 @@ class EventEmitter:
                 task.cancel()
 
     def _run_async_handler(self, event: str, outcome: Any) -> None:
-        task = asyncio.ensure_future(outcome)
+        task = asyncio.ensure_future(self._handler_task(event, outcome))
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._task_done(event, t))
+        task.add_done_callback(self._tasks.discard)
 
-    def _task_done(self, event: str, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._handler_failed(event, task.exception())  # type: ignore[arg-type]
+    async def _handler_task(self, event: str, outcome: Any) -> None:
+        # Caught inside the task: a SystemExit or KeyboardInterrupt escaping a task would
+        # stop the event loop itself.
+        try:
+            await outcome
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._handler_failed(event, exc)
 
     def _handler_failed(self, event: str, exc: BaseException) -> None:
         if event != "error" and self._handlers.get("error"):

@@ -10,7 +10,7 @@ import secrets
 import threading
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Job", "JobResult"]
+__all__ = ["Job", "JobResult", "reset_handles_after_fork"]
 
 T = TypeVar("T")
 
@@ -80,12 +80,35 @@ class Job(Generic[T]):
         return f"Job(id={self.id!r}, attempts={self.attempts})"
 
 
-# The state names concurrent.futures uses; wait() and as_completed() read them.
+# JobResult leans on how CPython's concurrent.futures.Future keeps its state (the names
+# below, which wait() and as_completed() read too): this is the one place that does, and
+# FUTURE_INTERNALS_KNOWN says whether this Python matches (a test fails loudly if not).
 _PENDING, _CANCELLED, _NOTIFIED, _FINISHED = "PENDING", "CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"
 _SETTLED = (_CANCELLED, _NOTIFIED, _FINISHED)
+
+
+def _future_internals_known() -> bool:
+    probe: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    names = ("_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks")
+    if not all(hasattr(probe, name) for name in names) or probe._state != _PENDING:
+        return False
+    probe.set_result(None)
+    return bool(probe._state == _FINISHED)
+
+
+#: Whether this Python's Future keeps its state the way JobResult expects.
+FUTURE_INTERNALS_KNOWN = _future_internals_known()
 # Guards a handle's state while it has no condition of its own, and the creation of that
 # condition: once one exists, every transition goes through it as in the base class.
 _handles_lock = threading.Lock()
+
+
+def reset_handles_after_fork() -> None:
+    """In a forked child: a fresh lock (the parent's may have been held) and a new id prefix."""
+    global _handles_lock, _ID_PREFIX, _id_counter
+    _handles_lock = threading.Lock()
+    _ID_PREFIX = f"{secrets.token_hex(4)}-{os.getpid()}-"
+    _id_counter = itertools.count(1)
 
 
 class JobResult(concurrent.futures.Future[Any]):
@@ -207,3 +230,19 @@ class JobResult(concurrent.futures.Future[Any]):
 
     def __repr__(self) -> str:
         return f"<JobResult job={self.job.id!r} {self._state.lower()}>"
+
+
+class _PlainJobResult(concurrent.futures.Future[Any]):
+    """The handle on a Python whose Future internals differ: a plain Future and its job."""
+
+    def __init__(self, job: Job[Any]) -> None:
+        super().__init__()
+        self.job = job
+
+    def __repr__(self) -> str:
+        return f"<JobResult job={self.job.id!r} {'done' if self.done() else 'pending'}>"
+
+
+if not FUTURE_INTERNALS_KNOWN:  # pragma: no cover - a CPython this module does not know
+    logger.warning("concurrent.futures.Future keeps its state differently here: handles are plain Futures")
+    JobResult = _PlainJobResult  # type: ignore[misc, assignment]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +13,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_RETRY",
     "Options",
-    "resolve_processor",
+    "check_processor_slot",
 ]
 
 #: Large enough to amortise a per-call cost (a round trip, a model forward pass) well,
@@ -74,22 +73,15 @@ def _positive_number(name: str, value: object, *, allow_zero: bool = False) -> N
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
 
 
-ProcessorFn = Callable[[list[Any]], Any]
-
-
-def resolve_processor(processor: object) -> tuple[ProcessorFn, bool]:
-    """The callable to run for a batch, and whether it is ``async``.
-
-    Accepts an object with ``process_batch(jobs)`` (the seed's BatchProcessorInterface)
-    or any callable taking the list of jobs.
-    """
-    method = getattr(processor, "process_batch", None)
-    func: Any = method if method is not None else processor
-    if not callable(func):
+def check_processor_slot(batcher: str, queue: object, processor: object) -> None:
+    """A clear error when the processor is missing, or was passed where the queue goes."""
+    if processor is not None:
+        return
+    looks_like_processor = callable(queue) or callable(getattr(queue, "process_batch", None))
+    looks_like_queue = callable(getattr(queue, "add", None)) or callable(getattr(queue, "claim", None))
+    if queue is not None and looks_like_processor and not looks_like_queue:
         raise TypeError(
-            "processor must be a callable taking a list of jobs, or an object with a "
-            f"process_batch(jobs) method; got {processor!r}"
+            f"{batcher}(queue, processor, ...) takes the queue first: {queue!r} was given as the queue "
+            f"and no processor; write {batcher}(None, processor) (None: the in-memory queue) or processor=..."
         )
-    # An instance with ``async def __call__`` is async too.
-    is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
-    return func, is_async
+    raise TypeError(f"a processor is required: {batcher}(queue, processor, ...)")

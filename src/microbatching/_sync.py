@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures.thread
+import concurrent.futures
 import logging
+import os
 import threading
 import weakref
 from concurrent.futures import Future
 from time import monotonic as _monotonic  # a module global: the fastest lookup per submit
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from ._base import BatcherBase, State
-from ._job import Job, JobResult
+from ._engine import Pending, ThreadSafePending
+from ._job import Job, JobResult, reset_handles_after_fork
 from ._stats import Stats
 
 __all__ = ["MicroBatching"]
 
 logger = logging.getLogger("microbatching")
+
+T = TypeVar("T")
 
 
 class MicroBatching(BatcherBase):
@@ -31,23 +35,24 @@ class MicroBatching(BatcherBase):
     Sync processors run in worker threads; ``async def`` processors on the loop.
     Event handlers run on the loop thread: keep them quick.  If the program exits
     without ``shutdown()``, an exit hook drains the batcher so no accepted job is lost.
+    A batcher does not survive ``os.fork()``: in the child, make a new one.
     """
 
     _loop: asyncio.AbstractEventLoop
     _thread: threading.Thread
-    _room: _Room | None = None
+    _forked_from: int | None = None
+    _drained: Future[None] | None = None
+
+    def _make_pending(self, limit: int | None) -> Pending:
+        return Pending(None) if limit is None else ThreadSafePending(limit)
 
     def start(self) -> None:
         """Start the loop thread (idempotent; a shut-down batcher cannot be restarted)."""
         with _lifecycle_lock:
             if self._state is State.RUNNING:
                 return
+            self._refuse_if_forked()
             self._refuse_if_closed()
-            if self.options.max_pending is not None:
-                room = self._room = _Room(self.options.max_pending)
-                self._engine.on_final = room.give_back
-                self._engine.on_counted = room.count
-            self._shutdown_lock = threading.Lock()
             ready: Future[None] = Future()
             self._thread = threading.Thread(
                 target=self._run_loop, args=(ready,), name="microbatching-loop", daemon=True
@@ -57,13 +62,13 @@ class MicroBatching(BatcherBase):
             self._state = State.RUNNING
             self._update_guard()
             _exit_hooks.add(self)
+            _started.add(self)
 
     def _run_loop(self, ready: Future[None]) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
             self._engine.bind(loop)
-            self._engine._adapter.start()
         except BaseException as exc:
             ready.set_exception(exc)
             loop.close()
@@ -83,78 +88,121 @@ class MicroBatching(BatcherBase):
         try:
             handle = job._handle
         except AttributeError:
-            raise TypeError(f"submit a Job, e.g. Job(data=...); got {type(job).__name__}") from None
-        if handle is not None and not handle.done():
-            raise ValueError(f"{job!r} is already submitted and not finished")
+            raise self._not_a_job(job) from None
+        if handle is not None:
+            self._refuse_resubmit(job, handle)
         if self._guarded:
-            self._check_admission(job, block, timeout)
+            self._admit(job, block, timeout)
         handle = JobResult(job)
         job._handle = handle
         job._submitted_at = job._ready_at = _monotonic()
-        self._engine.admit_threadsafe(job)
+        self._engine.inbox.submit(job)
         return handle
 
-    def _check_admission(self, job: Job[Any], block: bool, timeout: float | None) -> None:
-        """The checks a plain running batcher can skip: lifecycle, encoding, ``max_pending``."""
+    def _admit(self, job: Job[Any], block: bool, timeout: float | None) -> None:
+        """The checks a plain running batcher can skip: lifecycle, encoding, then room."""
         if self._state is not State.RUNNING:
+            self._refuse_if_forked()
             self._refuse_if_closed()
             self.start()
-        if self._prepare is not None:
-            self._prepare(job)
-        if self._room is not None and not self._room.take(block, timeout):
+        self._encode(job)
+        pending = self._pending
+        if not isinstance(pending, ThreadSafePending) or pending.take(False, None):
+            return
+        if block and self._on_own_threads():
+            raise RuntimeError(
+                f"submit_job() from an event handler or the processor found max_pending="
+                f"{self.options.max_pending} reached and would wait for room only this batcher can "
+                "free: it would wait for itself (pass block=False, or submit from another thread)"
+            )
+        if not pending.take(block, timeout):
             self._refuse_if_closed()  # woken by shutdown
             raise self._queue_full(timeout if block else None)
+
+    def _on_own_threads(self) -> bool:
+        return threading.current_thread() is self._thread or self._engine.is_processing_here()
 
     def shutdown(self, timeout: float | None = None, *, cancel: bool = False) -> None:
         """Stop admission, flush the open batch at once, wait for every accepted job, stop the thread.
 
         With ``timeout``, jobs unfinished after that many seconds are abandoned; with
         ``cancel=True`` at once.  Abandoned jobs fail with ``JobCancelledError``.
-        Idempotent; must not be called from an event handler (it runs on the loop thread).
+        Idempotent, and callable from several threads at once: a second call with a
+        timeout or ``cancel=True`` ends a graceful shutdown that is stuck.  Must not be
+        called from an event handler or the processor (it would wait for itself).
         """
         with _lifecycle_lock:
+            if self._forked_from is not None or self._state is State.CLOSED:
+                return
             if self._state is State.NEW:
                 self._state = State.CLOSED
                 return
-        if threading.current_thread() is self._thread or self._engine.is_processing_here():
-            raise RuntimeError(
-                "shutdown() cannot be called from an event handler or the processor: it would wait "
-                "for itself (call it from another thread, after the batch returns)"
-            )
-        with self._shutdown_lock:  # a second caller waits here until the first is done
+            if self._on_own_threads():
+                raise RuntimeError(
+                    "shutdown() cannot be called from an event handler or the processor: it would wait "
+                    "for itself (call it from another thread, after the batch returns)"
+                )
+            if self._state is State.RUNNING:
+                self._state = State.CLOSING
+                self._update_guard()
+                if isinstance(self._pending, ThreadSafePending):
+                    self._pending.close()  # blocked submitters wake up and see the shutdown
+            drained = self._drained
+            first = drained is None
+            if drained is None:
+                drained = self._drained = asyncio.run_coroutine_threadsafe(
+                    self._engine.drain(timeout, cancel), self._loop
+                )
+        if not first:  # a shutdown is under way: this call may only end it sooner
+            self._end_sooner(drained, timeout, cancel)
+        self._wait_while_the_loop_runs(drained)
+        self._stop_loop()
+
+    def _end_sooner(self, drained: Future[None], timeout: float | None, cancel: bool) -> None:
+        reason = "shutdown(cancel=True)" if cancel else f"shutdown timed out after {timeout}s"
+        if not cancel:
+            if timeout is None:
+                return
+            try:
+                drained.result(timeout)
+                return
+            except concurrent.futures.TimeoutError:
+                pass
+        try:
+            self._loop.call_soon_threadsafe(self._engine.abandon, reason)
+        except RuntimeError:  # the loop stopped meanwhile: the shutdown is over
+            pass
+
+    def _wait_while_the_loop_runs(self, future: Future[T]) -> T | None:
+        # The loop stops only after a drain finished; then this one can never run.
+        while True:
+            try:
+                return future.result(timeout=0.05)
+            except concurrent.futures.TimeoutError:  # not the builtin TimeoutError before 3.11
+                if not self._thread.is_alive():
+                    return None
+
+    def _stop_loop(self) -> None:
+        with _STOP_LOCK:
             if self._state is State.CLOSED:
                 return
-            self._state = State.CLOSING
-            self._update_guard()
-            if self._room is not None:
-                self._room.close()  # blocked submitters wake up and see the shutdown
-            drained = asyncio.run_coroutine_threadsafe(self._engine.drain(timeout, cancel), self._loop)
-            drained.result()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
-            self._engine._reject_leftovers()  # submits that raced the loop's stop
+            self._engine.inbox.settle_leftovers()  # submits that raced the loop's stop
             self._state = State.CLOSED
             _exit_hooks.discard(self)
 
     def stats(self) -> Stats:
         """A consistent snapshot of the counters, taken on the loop thread."""
-        if (
-            self._state is State.NEW
-            or not self._thread.is_alive()
-            or threading.current_thread() is self._thread
-        ):
+        on_loop = self._state is not State.NEW and threading.current_thread() is self._thread
+        if self._state is State.NEW or on_loop or not self._thread.is_alive():
             return self._engine_stats()
         snapshot: Future[Stats] = Future()
         try:
             self._loop.call_soon_threadsafe(lambda: snapshot.set_result(self._engine_stats()))
         except RuntimeError:  # the loop closed meanwhile: nothing moves any more
             return self._engine_stats()
-        while self._thread.is_alive():  # the loop may stop before it runs the callback
-            try:
-                return snapshot.result(timeout=0.05)
-            except concurrent.futures.TimeoutError:  # not the builtin TimeoutError before 3.11
-                continue
-        return self._engine_stats()
+        return self._wait_while_the_loop_runs(snapshot) or self._engine_stats()
 
     def __enter__(self) -> MicroBatching:
         self.start()
@@ -165,44 +213,28 @@ class MicroBatching(BatcherBase):
     ) -> None:
         self.shutdown()
 
+    # -- fork ----------------------------------------------------------------------------------
+
+    def _refuse_if_forked(self) -> None:
+        if self._forked_from is not None:
+            raise RuntimeError(
+                f"this MicroBatching was started in process {self._forked_from}, and its thread does not "
+                f"exist in this forked child (process {os.getpid()}): make a new batcher in the child"
+            )
+
+    def _after_fork_in_child(self) -> None:
+        """The loop thread is gone in the child: refuse use clearly; the parent owns the jobs."""
+        self._forked_from = os.getppid()
+        self._guarded = True
+        if isinstance(self._pending, ThreadSafePending):
+            self._pending.reset_after_fork()
+        _exit_hooks.discard(self)
+
 
 _lifecycle_lock = threading.RLock()
+_STOP_LOCK = threading.Lock()
 _exit_hooks: weakref.WeakSet[MicroBatching] = weakref.WeakSet()
-
-
-class _Room:
-    """``max_pending`` across threads: jobs counted in at submit (or delivery), out when final."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._used = 0
-        self._closed = False
-        self._changed = threading.Condition(threading.Lock())
-
-    def take(self, block: bool, timeout: float | None) -> bool:
-        """Count one job in; False if there is no room (in time) or the batcher closed."""
-        with self._changed:
-            if self._used >= self._limit and block:
-                self._changed.wait_for(lambda: self._used < self._limit or self._closed, timeout)
-            if self._used >= self._limit or self._closed:
-                return False
-            self._used += 1
-            return True
-
-    def count(self, jobs: int) -> None:
-        """Jobs that arrived without a submit (delivered by a queue) count too."""
-        with self._changed:
-            self._used += jobs
-
-    def give_back(self, jobs: int) -> None:
-        with self._changed:
-            self._used -= jobs
-            self._changed.notify(jobs)
-
-    def close(self) -> None:
-        with self._changed:
-            self._closed = True
-            self._changed.notify_all()
+_started: weakref.WeakSet[MicroBatching] = weakref.WeakSet()
 
 
 def _drain_at_exit() -> None:
@@ -213,7 +245,18 @@ def _drain_at_exit() -> None:
             logger.exception("draining %r at exit failed", batcher)
 
 
-# Run before concurrent.futures' own exit hook stops the processor threads (it is the
-# hook ThreadPoolExecutor registers; later registrations run first).
+def _after_fork_in_child() -> None:
+    global _lifecycle_lock, _STOP_LOCK
+    _lifecycle_lock = threading.RLock()
+    _STOP_LOCK = threading.Lock()
+    reset_handles_after_fork()
+    for batcher in list(_started):
+        if batcher._state is not State.CLOSED:
+            batcher._after_fork_in_child()
+
+
+# Run before concurrent.futures' own exit hook (later registrations run first).
 _register = getattr(threading, "_register_atexit", atexit.register)
 _register(_drain_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

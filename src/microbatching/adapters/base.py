@@ -82,9 +82,13 @@ class Adapter:
         """A job whose retry delay has passed goes back through the queue."""
         self.engine.accept(job)
 
-    def delivered(self, job: Job[Any]) -> Job[Any] | None:
-        """The job this process submitted that ``job`` stands for, or ``None`` if it came from elsewhere."""
-        return job
+    def delivered(self, job: Job[Any]) -> tuple[Job[Any], bool]:
+        """The job to process for a delivered ``job``, and whether it already counts as pending here.
+
+        A job this process submitted (or a copy of it) counts since its submit; one from
+        elsewhere, or one this process gave back to a durable queue, counts from now.
+        """
+        return job, True
 
     def start(self) -> None:
         """Begin delivering jobs (called once, on the loop thread, by the batcher's start)."""

@@ -90,19 +90,17 @@ class ClaimAdapter(Adapter):
         loop = self.engine.loop
         self._tasks = [loop.create_task(self._claim_loop()), loop.create_task(self._renew_leases())]
 
-    def delivered(self, job: Job[Any]) -> Job[Any] | None:
+    def delivered(self, job: Job[Any]) -> tuple[Job[Any], bool]:
         lease: Lease = job.receipt
         self._held[lease.key] = job
         job.attempts = lease.attempts - 1  # the engine counts this attempt when the batch starts
         own = self._own.get(lease.key)
         if own is None:
-            return None  # submitted elsewhere: the engine counts it as pending here
+            return job, False  # submitted elsewhere: it counts as pending here from now
         job._handle, job._submitted_at = own.job._handle, own.job._submitted_at
         own.job, own.queued = job, False
-        if own.counted:
-            return job
-        own.counted = True
-        return None
+        counted, own.counted = own.counted, True  # a job released for a retry counts again
+        return job, counted
 
     async def _claim_loop(self) -> None:
         engine, queue = self.engine, self.queue

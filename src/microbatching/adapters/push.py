@@ -100,13 +100,13 @@ class QueueAdapter(Adapter):
             del self._outside[id]
         return own
 
-    def delivered(self, job: Job[Any]) -> Job[Any] | None:
+    def delivered(self, job: Job[Any]) -> tuple[Job[Any], bool]:
         own = self._take(job.id, job)
-        if own is None or own is job:
-            return own
-        # A copy of our job: process the copy, keep our bookkeeping on it.
-        job._handle, job.attempts, job._submitted_at = own._handle, own.attempts, own._submitted_at
-        return job
+        if own is None:
+            return job, False  # submitted elsewhere
+        if own is not job:  # a copy of our job: process the copy, keep our bookkeeping on it
+            job._handle, job.attempts, job._submitted_at = own._handle, own.attempts, own._submitted_at
+        return job, True
 
     def abandon(self) -> list[Job[Any]]:
         jobs = [job for waiting in self._outside.values() for job in waiting]

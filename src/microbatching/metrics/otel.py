@@ -74,7 +74,7 @@ class OtelInstrumentation:
         }
         for event, handler in self._listeners.items():
             batcher.on(event, handler)
-        batcher._engine.recorder.subscribe(self._record)
+        batcher._recorder.subscribe(self._record)
 
     # -- submit: remember the submitter's span ---------------------------------------------
 
@@ -204,7 +204,7 @@ class OtelInstrumentation:
         self._closed = True
         for event, handler in self._listeners.items():
             self._batcher.off(event, handler)
-        self._batcher._engine.recorder.unsubscribe(self._record)
+        self._batcher._recorder.unsubscribe(self._record)
         if self._batcher._prepare in (self._capture, self._capture_after_prepare):
             self._batcher._prepare = self._previous_prepare
         self._contexts.clear()

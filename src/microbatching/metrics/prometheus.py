@@ -167,7 +167,7 @@ def instrument(batcher: Any, registry: Any = None, *, name: str = "default") -> 
     stops exporting.  Nothing is registered until you call this.
     """
     registry = _client.REGISTRY if registry is None else registry
-    histograms = batcher._engine.recorder.enable_histograms()
+    histograms = batcher._recorder.enable_histograms()
     with _collectors_lock:
         collector = _collectors.get(registry)
         if collector is None:

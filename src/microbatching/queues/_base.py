@@ -34,6 +34,17 @@ T = TypeVar("T")
 
 _KEY_PREFIX = f"{secrets.token_hex(6)}-{os.getpid()}-"
 _key_counter = itertools.count(1)
+
+
+def _new_key_prefix_after_fork() -> None:
+    # Message keys must stay unique across processes: a forked child takes its own prefix.
+    global _KEY_PREFIX, _key_counter
+    _KEY_PREFIX = f"{secrets.token_hex(6)}-{os.getpid()}-"
+    _key_counter = itertools.count(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_key_prefix_after_fork)
 # claim(wait=) on a queue that cannot block on the broker polls, backing off to this.
 _FIRST_POLL = 0.002
 _LAST_POLL = 0.1

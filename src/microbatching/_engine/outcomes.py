@@ -1,0 +1,204 @@
+"""Outcomes: a batch's results to its jobs' handles, the retry decision, and the counters.
+
+Every job leaves here exactly once: completed, failed for good, cancelled, or handed to a
+durable queue for later (``release``), and each way out tells :class:`Pending`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .._batch import Batch
+from .._job import Job
+from ..errors import JobCancelledError, JobFailedError, ShutdownError
+from .pending import Pending
+
+if TYPE_CHECKING:
+    from .._events import EventEmitter
+    from .._retry import RetryPolicy
+    from ..adapters.base import Adapter
+
+__all__ = ["Outcomes"]
+
+logger = logging.getLogger("microbatching")
+
+_ALREADY_SETTLED = (asyncio.InvalidStateError, concurrent.futures.InvalidStateError)
+
+
+class Outcomes:
+    """Settles jobs and keeps the outcome counters."""
+
+    def __init__(
+        self, retry: RetryPolicy | None, emitter: EventEmitter, adapter: Adapter, pending: Pending
+    ) -> None:
+        self._retry = retry
+        self._emitter = emitter
+        self._adapter = adapter
+        self._pending = pending
+        self._retries: dict[Job[Any], asyncio.TimerHandle] = {}
+        self.counts = {"completed": 0, "failed": 0, "retried": 0, "cancelled": 0, "processor_errors": 0}
+        #: Shutdown gave up: failed jobs are not retried, they are cancelled.
+        self.abandoning = False
+        #: Fail jobs with JobFailedError (cause, attempts); the decorator turns it off to
+        #: raise the processor's own error, as a plain function call would.
+        self.wrap_errors = True
+
+    def bind(self, loop: asyncio.AbstractEventLoop, now: Callable[[], float]) -> None:
+        self._loop = loop
+        self._now = now
+
+    # -- a batch starts ----------------------------------------------------------------------
+
+    def start_attempts(self, batch: Batch) -> list[Job[Any]]:
+        """Count the attempt of each job; drop the ones whose handle was cancelled meanwhile."""
+        live = batch.jobs
+        dropped = False
+        for job in live:
+            handle = job._handle
+            if handle is not None and handle.done():
+                dropped = True
+            job.attempts += 1
+        if dropped:  # events and the processor see only the jobs that run
+            live = batch.jobs = [job for job in live if not self._dropped_if_cancelled(job)]
+        return live
+
+    def _dropped_if_cancelled(self, job: Job[Any]) -> bool:
+        handle = job._handle
+        if handle is None or not handle.done():
+            return False
+        job.attempts -= 1  # counted above, but never started
+        self.counts["cancelled"] += 1
+        error = JobCancelledError("job cancelled by its submitter")
+        self._emit_failed(job, error)
+        self._finalize(job, error)
+        job._handle = None  # out of the batcher: the Job may be submitted again
+        return True
+
+    # -- a batch ends ------------------------------------------------------------------------
+
+    def settle(self, batch: Batch, jobs: list[Job[Any]], results: Sequence[Any]) -> None:
+        """Give each job its result; an ``Exception`` in a slot fails that job alone."""
+        failed: list[tuple[Job[Any], Exception]] = []
+        announce = self._emitter.listening("job_completed")
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(result, Exception):
+                failed.append((job, result))
+                continue
+            handle = job._handle
+            if handle is not None:
+                try:
+                    handle.set_result(result)
+                except _ALREADY_SETTLED:
+                    pass
+            if announce:
+                self._emitter.dispatch("job_completed", announce, (job, result))
+        if self._emitter.listening("batch_completed"):
+            self._emitter.emit("batch_completed", batch, results)
+        for job, exc in failed:
+            self.fail_job(job, exc)
+        done = len(jobs) - len(failed)
+        self.counts["completed"] += done
+        if not self._adapter.settles:  # nothing to acknowledge: counted in one go
+            self._pending.done(done)
+            return
+        for job, result in zip(jobs, results, strict=True):
+            if not isinstance(result, Exception):
+                self._finalize(job, None)
+
+    def fail_batch(self, batch: Batch, jobs: list[Job[Any]], error: BaseException) -> None:
+        """The processor raised (or timed out, or broke its contract): every job of the batch failed."""
+        self.counts["processor_errors"] += 1
+        if self._emitter.listening("batch_failed"):
+            self._emitter.emit("batch_failed", batch, error)
+        for job in jobs:
+            self.fail_job(job, error)
+
+    def fail_unsettled(self, jobs: list[Job[Any]], error: BaseException) -> None:
+        """A bug while settling: fail for good whatever was left unsettled, so nobody hangs."""
+        for job in jobs:
+            handle = job._handle
+            if handle is not None and not handle.done():
+                try:
+                    self.fail_for_good(job, error)
+                except Exception:
+                    logger.exception("could not fail %r", job)
+
+    def fail_job(self, job: Job[Any], error: BaseException) -> None:
+        """``job`` failed an attempt: retry it after its delay, or fail it for good."""
+        handle = job._handle
+        if self.abandoning or (handle is not None and handle.done()):
+            self.fail_for_good(job, error)
+            return
+        delay = self._retry_delay(job, error)
+        if delay is None:
+            self.fail_for_good(job, error)
+            return
+        self.counts["retried"] += 1
+        if self._emitter.listening("job_retrying"):
+            self._emitter.emit("job_retrying", job, error, delay)
+        self._adapter.retry(job, delay)
+
+    def _retry_delay(self, job: Job[Any], error: BaseException) -> float | None:
+        """Seconds until ``job`` may try again, or ``None`` when it gets no more attempts."""
+        policy = self._retry
+        if policy is None:
+            return None
+        try:
+            return policy.delay(job.attempts) if policy.should_retry(error, job.attempts) else None
+        except Exception:  # a retry_on predicate that raises: no retry, but no stranded job
+            logger.exception("the retry policy raised while judging %r; failing it for good", job)
+            return None
+
+    def fail_for_good(self, job: Job[Any], error: BaseException) -> None:
+        """Give ``job`` its final failure now, without retrying."""
+        if isinstance(error, (JobCancelledError, ShutdownError)) or not self.wrap_errors:
+            final: BaseException = error
+        else:
+            final = JobFailedError(job, error, job.attempts)
+            final.__cause__ = error
+        handle = job._handle
+        if handle is not None:
+            try:
+                handle.set_exception(final)
+            except _ALREADY_SETTLED:
+                pass
+        # An abandoned job did not fail: it is counted with the cancelled ones.
+        self.counts["cancelled" if isinstance(final, JobCancelledError) else "failed"] += 1
+        self._emit_failed(job, final)
+        self._finalize(job, final)
+
+    def _emit_failed(self, job: Job[Any], error: BaseException) -> None:
+        if self._emitter.listening("job_failed"):
+            self._emitter.emit("job_failed", job, error)
+
+    def _finalize(self, job: Job[Any], error: BaseException | None) -> None:
+        self._adapter.finished(job, error)
+        self._pending.done(1)
+
+    # -- retries held in memory --------------------------------------------------------------
+
+    def hold_for_retry(self, job: Job[Any], delay: float) -> None:
+        """Keep ``job`` here for ``delay`` seconds, then hand it to the adapter's ``requeue``."""
+        self._retries[job] = self._loop.call_later(delay, self._retry_ready, job)
+
+    def _retry_ready(self, job: Job[Any]) -> None:
+        del self._retries[job]
+        job._ready_at = self._now()  # its age for the time trigger starts again now
+        self._adapter.requeue(job)
+
+    def take_retrying(self) -> list[Job[Any]]:
+        """Stop every retry timer; returns the jobs that were waiting (shutdown gave up on them)."""
+        jobs = list(self._retries)
+        for timer in self._retries.values():
+            timer.cancel()
+        self._retries.clear()
+        return jobs
+
+    @property
+    def retrying(self) -> int:
+        """Jobs waiting out a retry delay in memory."""
+        return len(self._retries)
