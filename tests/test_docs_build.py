@@ -1,8 +1,15 @@
-"""The documentation site builds with ``mkdocs build --strict`` (needs the ``docs`` extra)."""
+"""The documentation site builds with ``mkdocs build --strict`` (needs the ``docs`` extra).
+
+The site is built once per session; the tests then read the built pages as a reader
+would get them: the API reference must be complete and free of unrendered reST, and no
+page may need anything from another host to look right.
+"""
 
 from __future__ import annotations
 
+import html
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,22 +18,62 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-@pytest.mark.skipif(
+needs_mkdocs = pytest.mark.skipif(
     importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
     reason="mkdocs and mkdocstrings are not installed: pip install -e '.[docs]'",
 )
-def test_mkdocs_build_strict(tmp_path: Path) -> None:
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out_dir = tmp_path_factory.mktemp("docs") / "site"
     out = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out_dir)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=55,
     )
     assert out.returncode == 0, out.stderr[-4000:]
-    assert (tmp_path / "site" / "observability" / "index.html").exists()
-    assert "MicroBatching" in (tmp_path / "site" / "api" / "index.html").read_text()
+    return out_dir
+
+
+def _text(page: Path) -> str:
+    """What a reader sees of a page: its HTML without tags and with entities decoded."""
+    markup = page.read_text()
+    markup = re.sub(r"<(script|style)\b.*?</\1>", " ", markup, flags=re.DOTALL)
+    return html.unescape(re.sub(r"<[^>]+>", "", markup))
+
+
+@needs_mkdocs
+def test_mkdocs_build_strict(site: Path) -> None:
+    assert (site / "observability" / "index.html").exists()
+    assert "MicroBatching" in (site / "api" / "index.html").read_text()
+
+
+_EXTERNAL = re.compile(
+    r"<(?:script|link|img)\b[^>]*\b(?:src|href)=[\"']?(?:https?:)?//[^\"'\s>]+", re.IGNORECASE
+)
+
+
+@needs_mkdocs
+def test_pages_load_nothing_from_another_host(site: Path) -> None:
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) > 10
+    for page in pages:
+        found = _EXTERNAL.findall(page.read_text())
+        assert found == [], f"{page.relative_to(site)} loads {found}"
+    for sheet in site.rglob("*.css"):
+        assert not re.search(r"@import\s+url\(\s*[\"']?(?:https?:)?//", sheet.read_text()), sheet
+
+
+@needs_mkdocs
+def test_code_blocks_are_highlighted_at_build_time(site: Path) -> None:
+    page = (site / "getting-started" / "index.html").read_text()
+    assert '<div class="language-python highlight">' in page
+    assert '<span class="kn">import</span>' in page  # Pygments tokens, styled by a local sheet
+    assert 'href="../css/pygments.css"' in page
+    assert (site / "css" / "pygments.css").read_text().count(".highlight") > 20
 
 
 def test_every_page_is_in_the_nav() -> None:
