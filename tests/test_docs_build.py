@@ -51,6 +51,48 @@ def test_mkdocs_build_strict(site: Path) -> None:
     assert "MicroBatching" in (site / "api" / "index.html").read_text()
 
 
+@needs_mkdocs
+def test_api_reference_renders_the_docstrings_roles_as_links_not_as_text(site: Path) -> None:
+    page = site / "api" / "index.html"
+    text = _text(page)
+    leftovers = re.findall(r":(?:py:)?(?:class|meth|func|mod|attr|data|exc|obj):`?", text)
+    assert leftovers == [], f"unrendered Sphinx roles on the API page: {sorted(set(leftovers))}"
+    markup = page.read_text()
+    assert "<autoref " not in markup  # every reference was resolved (or turned into code)
+    # a role in MicroBatching's docstring became a link to JobResult's entry
+    assert re.search(r'<a [^>]*href="#microbatching\.JobResult"[^>]*><code>JobResult</code></a>', markup)
+
+
+@needs_mkdocs
+def test_api_reference_shows_constructor_options_and_no_private_base(site: Path) -> None:
+    text = _text(site / "api" / "index.html")
+    assert "BatcherBase" not in text
+    assert "max_batch_weight" in text  # the batchers' options, in their signatures
+    assert "RetryPolicy(" in text
+    assert "_random" not in text  # RetryPolicy's private test hook stays out of its signature
+
+
+@needs_mkdocs
+def test_api_reference_covers_queues_their_interface_testing_errors_and_exporters(site: Path) -> None:
+    text = _text(site / "api" / "index.html")
+    for name in (
+        "SQLiteQueue",
+        "ClaimQueue",
+        "Lease",
+        "QueueCapabilities",
+        "QueueStats",
+        "DeadLetter",
+        "QueueConformance",
+        "make_queue",
+        "JobFailedError",
+        "PayloadTooLargeError",
+        "start_metrics_server",
+        "OtelInstrumentation",
+    ):
+        assert name in text, f"{name} is missing from the API reference"
+    assert "test_add_and_deliver" not in text  # the conformance cases themselves are not API
+
+
 _EXTERNAL = re.compile(
     r"<(?:script|link|img)\b[^>]*\b(?:src|href)=[\"']?(?:https?:)?//[^\"'\s>]+", re.IGNORECASE
 )
