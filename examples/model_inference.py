@@ -7,7 +7,7 @@ decorator gathers concurrent calls into batches of up to 64, runs one forward pa
 batch and hands each caller its own prediction.  The output compares the time against
 calling the model item by item.
 
-Needs numpy: ``pip install 'microbatching[examples]'``.
+Needs numpy: ``python -m pip install '.[examples]'``.
 
     python examples/model_inference.py [--quick]
 """
