@@ -118,6 +118,15 @@ def test_code_blocks_are_highlighted_at_build_time(site: Path) -> None:
     assert (site / "css" / "pygments.css").read_text().count(".highlight") > 20
 
 
+def test_choosing_settings_opens_with_the_tuning_curve() -> None:
+    page = (ROOT / "docs" / "choosing-settings.md").read_text()
+    opening = page.split("\n## ", 1)[0]
+    images = re.findall(r"!\[[^\]]*\]\((img/[^)]+)\)", opening)
+    assert images == ["img/tuning_curve.png"]  # a tuning curve, not a comparison with other code
+    assert (ROOT / "docs" / "img" / "tuning_curve.png").stat().st_size > 10_000
+    assert "benchmarks/tuning_curve.py" in opening and (ROOT / "benchmarks" / "tuning_curve.py").exists()
+
+
 def test_every_page_is_in_the_nav() -> None:
     config = (ROOT / "mkdocs.yml").read_text()
     for page in sorted((ROOT / "docs").glob("*.md")):
