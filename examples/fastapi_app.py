@@ -64,7 +64,8 @@ def create_app(api_url: str | None = None) -> FastAPI:
 
     @app.get("/stats")
     async def get_stats(request: Request) -> dict[str, object]:
-        return request.app.state.prices.stats().as_dict()  # type: ignore[no-any-return]
+        batcher: AsyncMicroBatching = request.app.state.prices
+        return batcher.stats().as_dict()
 
     return app
 
