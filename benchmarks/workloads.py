@@ -1,4 +1,4 @@
-"""The workloads of issue 4, each a function returning one run's :data:`~harness.Metrics`.
+"""The benchmark workloads, each a function returning one run's :data:`~harness.Metrics`.
 
 Every implementation of a workload does the same work through its own public API:
 ours (``AsyncMicroBatching.submit_job_nowait``, ``@batch``, ``MicroBatching.submit_job``),
@@ -34,7 +34,7 @@ class BenchmarkError(AssertionError):
 
 
 def have_aiodataloader() -> bool:
-    """Whether the aiodataloader peer is installed (``pip install 'microbatching[bench]'``)."""
+    """Whether the aiodataloader peer is installed (``python -m pip install '.[bench]'``)."""
     try:
         import aiodataloader  # noqa: F401
     except ImportError:

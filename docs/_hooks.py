@@ -13,6 +13,7 @@ from typing import Any
 
 OPTIONAL = ("durable-jobs.md", "worker-cli.md", "benchmarks.md")
 _PLOT = re.compile(r"!\[([^\]]*)\]\((img/[^)]+)\)")
+_MAKERS = {"tuning_curve.png": "tuning_curve.py", "fan_in_sweep.png": "plot.py"}
 
 
 def _exists(config: Any, relative: str) -> bool:
@@ -47,6 +48,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     def plot(match: re.Match[str]) -> str:
         if _exists(config, match.group(2)):
             return match.group(0)
-        return f"*(The plot `{match.group(2)}` is made by `python benchmarks/plot.py`.)*"
+        script = _MAKERS.get(os.path.basename(match.group(2)), "plot.py")
+        return f"*(The plot `{match.group(2)}` is made by `python benchmarks/{script}`.)*"
 
     return _PLOT.sub(plot, markdown)

@@ -83,6 +83,7 @@ def make_processor(url: str):  # type: ignore[no-untyped-def]
             with urllib.request.urlopen(request, timeout=10) as response:
                 results = json.loads(response.read())
         except urllib.error.HTTPError as exc:
+            exc.close()  # the error is the response: close it, and its connection, now
             if exc.code == 503:
                 raise TransientError("503 from the API") from None  # retried, whole batch
             raise
