@@ -43,9 +43,9 @@ def test_retry_on_tuple_and_predicate() -> None:
     [
         ({"max_attempts": 0}, ValueError, "max_attempts must be >= 1"),
         ({"max_attempts": 2.5}, TypeError, "max_attempts must be an int"),
-        ({"base_delay": -1}, ValueError, "base_delay must be >= 0"),
+        ({"base_delay": -1}, ValueError, "base_delay must be finite and >= 0"),
         ({"max_delay": "1"}, TypeError, "max_delay must be a number"),
-        ({"multiplier": 0.5}, ValueError, "multiplier must be >= 1"),
+        ({"multiplier": 0.5}, ValueError, "multiplier must be finite and >= 1"),
         ({"jitter": 1.5}, ValueError, "jitter must be between 0 and 1"),
         ({"retry_on": (ValueError, 3)}, TypeError, "retry_on must be"),
     ],

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._retry import RetryPolicy
+from ._validate import number, positive_int, seconds
 
 __all__ = [
     "DEFAULT_BATCH_INTERVAL",
@@ -40,37 +41,21 @@ class Options:
     batch_timeout: float | None = None
 
     def __post_init__(self) -> None:
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("max_concurrent_batches", self.max_concurrent_batches)
-        _positive_number("batch_interval", self.batch_interval, allow_zero=True)
+        positive_int("batch_size", self.batch_size)
+        positive_int("max_concurrent_batches", self.max_concurrent_batches)
+        seconds("batch_interval", self.batch_interval)
         if self.max_pending is not None:
-            _positive_int("max_pending", self.max_pending)
+            positive_int("max_pending", self.max_pending)
         if self.batch_timeout is not None:
-            _positive_number("batch_timeout", self.batch_timeout)
+            seconds("batch_timeout", self.batch_timeout, allow_zero=False)
         if self.max_batch_weight is not None:
-            _positive_number("max_batch_weight", self.max_batch_weight)
+            number("max_batch_weight", self.max_batch_weight, strict=True)
             if not callable(self.weight):
                 raise TypeError("max_batch_weight needs weight=, a callable giving each job's weight")
         elif self.weight is not None:
             raise TypeError("weight= has no effect without max_batch_weight=")
         if self.retry is not None and not isinstance(self.retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {self.retry!r}")
-
-
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-
-
-def _positive_number(name: str, value: object, *, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        what = "a number" if name == "max_batch_weight" else "a number of seconds"
-        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
-    if value != value or value == float("inf") or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
 
 
 def check_processor_slot(batcher: str, queue: object, processor: object) -> None:

@@ -6,19 +6,12 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ._validate import number, positive_int, seconds
 from .errors import BatchResultError
 
 __all__ = ["RetryPolicy"]
 
 RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
-
-
-def _check_number(name: str, value: object, *, minimum: float, strict: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if value < minimum or (strict and value == minimum) or value != value:
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -41,14 +34,11 @@ class RetryPolicy:
     _random: Callable[[], float] = field(default=random.random, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
-            raise TypeError(f"max_attempts must be an int, got {self.max_attempts!r}")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        _check_number("base_delay", self.base_delay, minimum=0)
-        _check_number("max_delay", self.max_delay, minimum=0)
-        _check_number("multiplier", self.multiplier, minimum=1)
-        _check_number("jitter", self.jitter, minimum=0)
+        positive_int("max_attempts", self.max_attempts)
+        seconds("base_delay", self.base_delay)
+        seconds("max_delay", self.max_delay)
+        number("multiplier", self.multiplier, minimum=1)
+        number("jitter", self.jitter)
         if self.jitter > 1:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter}")
         if isinstance(self.retry_on, type) and issubclass(self.retry_on, BaseException):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import math
 import os
 import secrets
 import time
@@ -22,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from .._job import Job
+from .._validate import positive_int, seconds
 from ..errors import JobFailedError, MicroBatchingError, QueueError
 from ._portal import Portal
 from ._registry import redact, scrub
@@ -116,12 +116,11 @@ class ClaimQueue(ABC):
         lease: float = 30.0,
         create: bool = True,
     ) -> None:
-        if max_payload_bytes is not None and (
-            isinstance(max_payload_bytes, bool)
-            or not isinstance(max_payload_bytes, int)
-            or max_payload_bytes < 1
-        ):
-            raise ValueError(f"max_payload_bytes must be a positive int or None, got {max_payload_bytes!r}")
+        if max_payload_bytes is not None:
+            try:
+                positive_int("max_payload_bytes", max_payload_bytes)
+            except TypeError as exc:
+                raise ValueError(f"{exc} (or None)") from None
         self.serializer = resolve_serializer(serializer)
         self.max_payload_bytes = max_payload_bytes
         self.lease = _seconds("lease", lease, positive=True)
@@ -450,11 +449,10 @@ class ClaimQueue(ABC):
 
 
 def _seconds(name: str, value: object, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, got {value!r}")
-    return float(value)
+    try:
+        return seconds(name, value, allow_zero=not positive)
+    except TypeError as exc:  # queue options are values: one kind of error for a bad one
+        raise ValueError(str(exc)) from None
 
 
 def _id_key(job: Job[Any], given: bool) -> str | None:

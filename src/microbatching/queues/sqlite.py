@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .._validate import one_of, seconds
 from ..errors import InvalidQueueError
 from ._base import ClaimQueue
 from ._registry import resolve_options
@@ -109,13 +110,11 @@ class SQLiteQueue(ClaimQueue):
             lease=options["lease"],
             create=create,
         )
-        synchronous = str(options["synchronous"]).upper()
-        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
+        synchronous = one_of("synchronous", options["synchronous"], ("OFF", "NORMAL", "FULL", "EXTRA"))
         self.url = text
         self.path = _path_from_url(text)
         self.table = JobTable(options["name"])
-        self._busy_timeout = options["busy_timeout"]
+        self._busy_timeout = seconds("busy_timeout", options["busy_timeout"])
         self._synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
