@@ -60,7 +60,7 @@ class AsyncMicroBatching(BatcherBase):
         except AttributeError:
             raise self._not_a_job(job) from None
         if handle is not None:
-            self._refuse_resubmit(job, handle)
+            job = self._resubmitted(job, handle)
         if self._guarded:
             self._admit(job)
             if not self._pending.has_room():
@@ -79,7 +79,7 @@ class AsyncMicroBatching(BatcherBase):
         except AttributeError:
             raise self._not_a_job(job) from None
         if handle is not None:
-            self._refuse_resubmit(job, handle)
+            job = self._resubmitted(job, handle)
         self._check_loop()
         self._admit(job)
         if not self._pending.has_room():

@@ -117,15 +117,17 @@ class BatcherBase(EventEmitter):
     # -- admission ----------------------------------------------------------------------------
 
     @staticmethod
-    def _refuse_resubmit(job: Job[Any], handle: Any) -> None:
-        """A Job object may go in again only once its earlier submission is over."""
-        if handle.done() and not handle.cancelled():
-            return
+    def _resubmitted(job: Job[Any], handle: Any) -> Job[Any]:
+        """The job to submit for a Job object submitted before.
+
+        Once its earlier submission is over, the object itself.  If that submission was
+        cancelled, it may still wait in the batcher (it leaves when its batch starts, counted
+        as cancelled), so a copy with the same id and data goes in: the two never mix.
+        """
         if handle.cancelled():
-            raise ValueError(
-                f"{job!r} was cancelled but is still waiting in the batcher (it leaves when its batch "
-                "starts); submit a new Job"
-            )
+            return Job(job.id, job.data)
+        if handle.done():
+            return job
         raise ValueError(f"{job!r} is already submitted and not finished")
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -116,10 +117,21 @@ class _AsyncCaller(_Caller):
 
 
 class _SyncCaller(_Caller):
-    """One :class:`MicroBatching` (its own loop thread); the call blocks for the result."""
+    """One :class:`MicroBatching` (its own loop thread); the call blocks for the result.
+
+    A forked child (a ``multiprocessing`` fork pool, say) starts its own batcher on first call.
+    """
 
     _batcher: MicroBatching | None = None
     _starting = threading.Lock()  # the first concurrent calls must not each start one
+
+    def __init__(self, func: Callable[..., Any], options: dict[str, Any]) -> None:
+        super().__init__(func, options)
+        _sync_callers.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._batcher = None
+        self._starting = threading.Lock()
 
     def call(self, item: Any) -> Any:
         batcher = self._batcher
@@ -137,3 +149,15 @@ class _SyncCaller(_Caller):
         batcher = MicroBatching(None, process, **self._options)
         batcher._raise_processor_errors()
         return batcher
+
+
+_sync_callers: weakref.WeakSet[_SyncCaller] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for caller in list(_sync_callers):
+        caller._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -90,7 +90,7 @@ class MicroBatching(BatcherBase):
         except AttributeError:
             raise self._not_a_job(job) from None
         if handle is not None:
-            self._refuse_resubmit(job, handle)
+            job = self._resubmitted(job, handle)
         if self._guarded:
             self._admit(job, block, timeout)
         handle = JobResult(job)
@@ -194,8 +194,8 @@ class MicroBatching(BatcherBase):
 
     def stats(self) -> Stats:
         """A consistent snapshot of the counters, taken on the loop thread."""
-        on_loop = self._state is not State.NEW and threading.current_thread() is self._thread
-        if self._state is State.NEW or on_loop or not self._thread.is_alive():
+        thread = getattr(self, "_thread", None)  # none before start
+        if thread is None or thread is threading.current_thread() or not thread.is_alive():
             return self._engine_stats()
         snapshot: Future[Stats] = Future()
         try:
@@ -225,7 +225,8 @@ class MicroBatching(BatcherBase):
     def _after_fork_in_child(self) -> None:
         """The loop thread is gone in the child: refuse use clearly; the parent owns the jobs."""
         self._forked_from = os.getppid()
-        self._guarded = True
+        self._state = State.CLOSED  # nothing to shut down here: the parent owns the jobs
+        self._update_guard()
         if isinstance(self._pending, ThreadSafePending):
             self._pending.reset_after_fork()
         _exit_hooks.discard(self)

@@ -1,0 +1,190 @@
+"""Hostile cases for the durable SQLite queue: rows it cannot decode, jobs whose leases ran out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from microbatching import AsyncMicroBatching, Job, RetryPolicy
+from microbatching.queues import SQLiteQueue
+
+# Every wait below is bounded well within this; it only stops a test the bounds missed.
+pytestmark = pytest.mark.timeout(30)
+
+RECORD = """
+def record(jobs):
+    with open("processed.txt", "a") as f:
+        f.write("".join(f"{job.data}\\n" for job in jobs))
+    return [job.data for job in jobs]
+"""
+
+_DECODE_ERROR = re.compile(r"decod|json|expecting", re.IGNORECASE)
+
+
+async def _enqueue(path: Path, jobs: list[Job[Any]]) -> None:
+    queue = SQLiteQueue(path)
+    try:
+        await queue.enqueue([queue.encode(job) for job in jobs])
+    finally:
+        await queue.close()
+
+
+def _summary(dead: list[Any]) -> str:
+    """``3 dead letters: {'error text': count, ...}``."""
+    errors: dict[str, int] = {}
+    for letter in dead:
+        errors[letter.error] = errors.get(letter.error, 0) + 1
+    return f"{len(dead)} dead letters: {errors}"
+
+
+async def _dead_letters(path: Path) -> list[Any]:
+    queue = SQLiteQueue(path)
+    try:
+        return await queue.dead_letters()
+    finally:
+        await queue.close()
+
+
+def _insert_undecodable_row(path: Path) -> None:
+    """A row whose payload is not JSON, written behind the queue's back (the schema of queues/sqlite.py)."""
+    conn = sqlite3.connect(path)
+    try:
+        old = time.time() - 60  # the oldest ready job: it is in the first claim
+        conn.execute(
+            "INSERT INTO mb_jobs (key, job_id, payload, available_at, enqueued_at) VALUES (?, ?, ?, ?, ?)",
+            ("undecodable-row", b'"bad"', b"{not json", old, old),
+        )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_an_undecodable_row_is_dead_lettered_alone_and_the_worker_processes_the_healthy_jobs(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "procs.py").write_text(RECORD)
+    path = tmp_path / "q.db"
+    asyncio.run(_enqueue(path, [Job(f"h{i}", i) for i in range(10)]))
+    _insert_undecodable_row(path)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "microbatching", "worker", "procs:record", "--queue", "sqlite:///q.db",
+             "--until-empty", "--lease", "1", "--batch-interval", "0.01"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker did not finish the queue within 20 s")
+    record = tmp_path / "processed.txt"
+    processed = sorted(int(line) for line in record.read_text().split()) if record.exists() else []
+    dead = asyncio.run(_dead_letters(path))
+    assert processed == list(range(10)), (
+        f"the healthy jobs behind an undecodable row: processed {processed}; {_summary(dead)}; "
+        f"worker exit {done.returncode}"
+    )
+    assert [d.key for d in dead] == ["undecodable-row"], [(d.key, d.error) for d in dead]
+    assert _DECODE_ERROR.search(dead[0].error), dead[0].error
+
+
+def test_an_undecodable_row_is_dead_lettered_alone_and_a_batcher_processes_the_healthy_jobs(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.db"
+    asyncio.run(_enqueue(path, [Job(f"h{i}", i) for i in range(10)]))
+    _insert_undecodable_row(path)
+    processed: list[Any] = []
+    all_done = asyncio.Event()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def record(jobs: list[Job[Any]]) -> list[Any]:
+            processed.extend(job.data for job in jobs)
+            if len(processed) >= 10:
+                loop.call_soon_threadsafe(all_done.set)
+            return [job.data for job in jobs]
+
+        mb = AsyncMicroBatching(
+            SQLiteQueue(path, lease=1),
+            record,
+            batch_interval=0.01,
+            retry=RetryPolicy(max_attempts=3, base_delay=0.01),
+        )
+        mb.start()
+        try:
+            await asyncio.wait_for(all_done.wait(), 5)
+        except asyncio.TimeoutError:
+            pass  # the assertions below say what is missing
+        finally:
+            await asyncio.wait_for(mb.shutdown(timeout=2), 10)
+
+    asyncio.run(main())
+    dead = asyncio.run(_dead_letters(path))
+    assert sorted(processed) == list(range(10)), (
+        f"the healthy jobs behind an undecodable row: processed {sorted(processed)} within 5 s; "
+        f"{_summary(dead)}"
+    )
+    deadline = time.monotonic() + 5
+    while not dead and time.monotonic() < deadline:  # the dead letter may be written last
+        time.sleep(0.1)
+        dead = asyncio.run(_dead_letters(path))
+    assert [d.key for d in dead] == ["undecodable-row"], [(d.key, d.error) for d in dead]
+    assert _DECODE_ERROR.search(dead[0].error), dead[0].error
+
+
+def test_a_job_whose_lease_expired_twice_runs_alone_and_is_not_dead_lettered(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+
+    async def make_suspect() -> None:
+        queue = SQLiteQueue(path, lease=0.2)
+        try:
+            await queue.enqueue([queue.encode(Job("suspect", "S"))])
+            for _ in range(2):  # claimed twice, never settled: a consumer died with it twice
+                claimed = await queue.claim(10, 0.2, 3)
+                assert [job.id for job in claimed] == ["suspect"]
+                await asyncio.sleep(0.3)
+            await queue.enqueue([queue.encode(Job(f"o{i}", i)) for i in range(3)])
+        finally:
+            await queue.close()
+
+    asyncio.run(make_suspect())
+    batches: list[list[Any]] = []
+    all_done = asyncio.Event()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def record(jobs: list[Job[Any]]) -> list[Any]:
+            batches.append([job.id for job in jobs])
+            if sum(map(len, batches)) >= 4:
+                loop.call_soon_threadsafe(all_done.set)
+            return [job.data for job in jobs]
+
+        mb = AsyncMicroBatching(
+            SQLiteQueue(path),
+            record,
+            batch_size=10,
+            batch_interval=0.01,
+            retry=RetryPolicy(max_attempts=3, base_delay=0.01),
+        )
+        mb.start()
+        try:
+            await asyncio.wait_for(all_done.wait(), 5)
+        except asyncio.TimeoutError:
+            pass  # the assertions below say what is missing
+        finally:
+            await asyncio.wait_for(mb.shutdown(timeout=2), 10)
+
+    asyncio.run(main())
+    dead = asyncio.run(_dead_letters(path))
+    assert dead == [], [(d.key, json.dumps(d.job_id), d.error) for d in dead]
+    assert ["suspect"] in batches, f"the suspect job never ran alone: batches {batches}"
+    assert sum(batch.count("suspect") for batch in batches) == 1, batches
