@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -188,3 +189,118 @@ def test_a_job_whose_lease_expired_twice_runs_alone_and_is_not_dead_lettered(tmp
     assert dead == [], [(d.key, json.dumps(d.job_id), d.error) for d in dead]
     assert ["suspect"] in batches, f"the suspect job never ran alone: batches {batches}"
     assert sum(batch.count("suspect") for batch in batches) == 1, batches
+
+
+_PRODUCER = """
+import os, sys
+from microbatching import Job, MicroBatching
+from microbatching.queues import SQLiteQueue
+
+queue = SQLiteQueue(sys.argv[1])
+queue.max_unstored = int(sys.argv[2])
+mb = MicroBatching(queue, lambda jobs: [None] * len(jobs))
+options = {"wait_stored": True} if sys.argv[4] == "stored" else {}
+for i in range(int(sys.argv[3])):
+    mb.submit_job(Job(i, {"n": i}), **options)
+os.write(1, b"returned\\n")
+os.read(0, 1)  # killed while waiting here, never shut down
+"""
+
+
+def _stored_ever(path: Path) -> int:
+    """Jobs in the queue now plus those processed and acknowledged from it."""
+    conn = sqlite3.connect(path)
+    try:
+        (queued,) = conn.execute("SELECT COUNT(*) FROM mb_jobs").fetchone()
+        (done,) = conn.execute("SELECT CAST(value AS INTEGER) FROM mb_meta WHERE name = 'done'").fetchone()
+    finally:
+        conn.close()
+    return int(queued) + int(done)
+
+
+@pytest.mark.parametrize("mode", ["bounded", "stored"])
+def test_a_producer_killed_after_its_submits_returned_loses_at_most_the_unstored_bound(
+    tmp_path: Path, mode: str
+) -> None:
+    path, bound, submits = tmp_path / "q.db", 200, 20_000
+    producer = subprocess.Popen(
+        [sys.executable, "-c", _PRODUCER, str(path), str(bound), str(submits), mode],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert producer.stdout is not None
+    line = producer.stdout.readline()  # every submit has returned
+    producer.kill()
+    _, err = producer.communicate(timeout=10)
+    assert line == b"returned\n", err.decode()[-2000:]
+    stored = _stored_ever(path)
+    lost = submits - stored
+    limit = 0 if mode == "stored" else bound
+    assert lost <= limit, f"{lost} of {submits} accepted jobs were never stored (at most {limit} may be)"
+
+
+FAULTS = Path(__file__).parent / "fault"
+
+
+def _effects(directory: Path) -> list[tuple[int, int]]:
+    rows = []
+    for path in directory.glob("effects-*.log"):
+        for line in path.read_text().splitlines():
+            job_id, attempts, _ = line.split()
+            rows.append((int(job_id), int(attempts)))
+    return rows
+
+
+def _fault_worker(path: Path, logs: Path, *options: str, **env: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "microbatching", "worker", "fault_processors:record", "--queue",
+               str(path), "--batch-size", "10", "--batch-interval", "0.01", "--lease", "1",
+               "--max-attempts", "3", "--quiet", *options]  # fmt: skip
+    environ = {**os.environ, "PYTHONPATH": str(FAULTS), "FAULT_LOG_DIR": str(logs), **env}
+    return subprocess.Popen(command, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.timeout(60)
+def test_a_suspect_claimed_by_a_busy_worker_that_then_dies_still_gets_its_run_alone(tmp_path: Path) -> None:
+    # A job whose leases ran out twice (its worker died with it twice) reaches a busy worker,
+    # which dies before it could run the job alone.  The job must not be charged that claim's
+    # attempt: the next worker runs it, and it is not buried as having killed its worker.
+    path, suspect = tmp_path / "q.db", 999
+    asyncio.run(_enqueue(path, [Job(i, i) for i in range(25)]))
+
+    async def make_suspect() -> None:
+        queue = SQLiteQueue(path)
+        try:
+            await queue.enqueue([queue.encode(Job(suspect, suspect))])
+            for _ in range(2):  # claimed and abandoned twice: recovered == 2, attempts == 2
+                await asyncio.sleep(0.25)
+                claimed = await queue.claim(30, 0.2)
+                await queue.release([job for job in claimed if job.id != suspect])
+        finally:
+            await queue.close()
+
+    asyncio.run(make_suspect())
+    time.sleep(0.25)  # its last lease ran out
+    busy = _fault_worker(path, tmp_path, FAULT_SLEEP="0.5")
+    deadline = time.monotonic() + 20
+    while (
+        len(_effects(tmp_path)) < 20 and time.monotonic() < deadline
+    ):  # two batches ran: it claimed the suspect
+        time.sleep(0.01)
+    busy.kill()
+    busy.communicate(timeout=10)
+    time.sleep(1.2)  # every lease of the dead worker ran out
+    final = _fault_worker(path, tmp_path, "--until-empty")
+    _, err = final.communicate(timeout=30)
+    assert final.returncode == 0, err.decode()[-2000:]
+
+    async def outcome() -> Any:
+        queue = SQLiteQueue(path)
+        try:
+            return await queue.dead_letters(), await queue.stats()
+        finally:
+            await queue.close()
+
+    dead, stats = asyncio.run(outcome())
+    runs = [attempts for job_id, attempts in _effects(tmp_path) if job_id == suspect]
+    assert [d.job_id for d in dead] == [], f"dead-lettered without running alone: {[d.error for d in dead]}"
+    assert runs, "the suspect never ran"
+    assert (stats.pending, stats.in_flight) == (0, 0)

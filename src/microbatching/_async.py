@@ -72,8 +72,14 @@ class AsyncMicroBatching(BatcherBase):
         self._buffer.admit(job)
         return future
 
-    async def submit_job(self, job: Job[Any], timeout: float | None = None) -> asyncio.Future[Any]:
-        """Wait (up to ``timeout`` seconds) for room under ``max_pending``, then submit ``job``."""
+    async def submit_job(
+        self, job: Job[Any], timeout: float | None = None, *, wait_stored: bool = False
+    ) -> asyncio.Future[Any]:
+        """Wait (up to ``timeout`` seconds) for room under ``max_pending``, then submit ``job``.
+
+        On a durable queue it also waits while the queue's ``max_unstored`` accepted jobs are
+        not yet stored; with ``wait_stored=True`` it returns once the queue has stored the job.
+        """
         try:
             handle = job._handle
         except AttributeError:
@@ -82,12 +88,19 @@ class AsyncMicroBatching(BatcherBase):
             job = self._resubmitted(job, handle)
         self._check_loop()
         self._admit(job)
+        if not self._adapter.has_store_room():
+            await self._adapter.store_room()
+            self._refuse_if_closed()
         if not self._pending.has_room():
             if not await self._pending.wait_for_room(self._loop, timeout):  # type: ignore[arg-type]
                 self._refuse_if_closed()  # woken by shutdown
                 raise self._queue_full(timeout)
             self._refuse_if_closed()
-        return self._enter(job)
+        stored = self._adapter.watch_stored(job) if wait_stored else None
+        future = self._enter(job)
+        if stored is not None:
+            await asyncio.wrap_future(stored)
+        return future
 
     def _admit(self, job: Job[Any]) -> None:
         """The lifecycle (and the loop), then the encoding: the checks before room."""

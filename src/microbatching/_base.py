@@ -64,7 +64,7 @@ class BatcherBase(EventEmitter):
             batch_timeout=batch_timeout,
         )
         self.queue = queue
-        adapter = make_adapter(queue)
+        adapter = self._adapter = make_adapter(queue)
         self._pending = self._make_pending(max_pending)
         self._engine = Engine(self.options, processor, self, adapter, self._pending)
         self._buffer = self._engine.buffer  # where every submit goes: the hot path's one call
@@ -144,6 +144,12 @@ class BatcherBase(EventEmitter):
                 f"{type(self).__name__} is {self._state.value}: it accepts no new jobs "
                 "and cannot be restarted (make a new one)"
             )
+
+    def _unstored_full(self, waited: float | None = None) -> QueueFullError:
+        """The error of a submit that found the queue's ``max_unstored`` jobs still waiting to be stored."""
+        limit = getattr(self.queue, "max_unstored", 0)
+        text = f"max_unstored={limit} reached: {limit} accepted jobs are not yet stored in {self.queue!r}"
+        return QueueFullError(text if waited is None else f"{text}; no room within {waited}s")
 
     def _queue_full(self, waited: float | None = None) -> QueueFullError:
         """The error of a submit that found (or, after ``waited`` seconds, still found) no room."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import concurrent.futures.thread  # its exit hook must be registered before ours (see the end)
 import logging
 import os
 import threading
@@ -79,11 +80,16 @@ class MicroBatching(BatcherBase):
         finally:
             loop.close()
 
-    def submit_job(self, job: Job[Any], block: bool = True, timeout: float | None = None) -> JobResult:
+    def submit_job(
+        self, job: Job[Any], block: bool = True, timeout: float | None = None, *, wait_stored: bool = False
+    ) -> JobResult:
         """Accept ``job`` and return its :class:`JobResult`; thread-safe.
 
         At ``max_pending`` it waits for room (up to ``timeout`` seconds), or with
-        ``block=False`` raises :class:`QueueFullError` at once.
+        ``block=False`` raises :class:`QueueFullError` at once; on a durable queue it also
+        waits while the queue's ``max_unstored`` accepted jobs are not yet stored.  With
+        ``wait_stored=True`` it returns only once the durable queue has stored the job
+        (raising the queue's error if it could not).
         """
         try:
             handle = job._handle
@@ -96,7 +102,10 @@ class MicroBatching(BatcherBase):
         handle = JobResult(job)
         job._handle = handle
         job._submitted_at = job._ready_at = _monotonic()
+        stored = self._adapter.watch_stored(job) if wait_stored else None
         self._engine.inbox.submit(job)
+        if stored is not None:
+            stored.result()
         return handle
 
     def _admit(self, job: Job[Any], block: bool, timeout: float | None) -> None:
@@ -106,18 +115,27 @@ class MicroBatching(BatcherBase):
             self._refuse_if_closed()
             self.start()
         self._encode(job)
+        adapter = self._adapter
+        if not adapter.has_store_room():
+            self._refuse_waiting_for_itself(block, "not yet stored jobs")
+            if not block or not adapter.wait_for_store_room(timeout):
+                self._refuse_if_closed()
+                raise self._unstored_full(timeout if block else None)
         pending = self._pending
         if not isinstance(pending, ThreadSafePending) or pending.take(False, None):
             return
-        if block and self._on_own_threads():
-            raise RuntimeError(
-                f"submit_job() from an event handler or the processor found max_pending="
-                f"{self.options.max_pending} reached and would wait for room only this batcher can "
-                "free: it would wait for itself (pass block=False, or submit from another thread)"
-            )
+        self._refuse_waiting_for_itself(block, f"max_pending={self.options.max_pending}")
         if not pending.take(block, timeout):
             self._refuse_if_closed()  # woken by shutdown
             raise self._queue_full(timeout if block else None)
+
+    def _refuse_waiting_for_itself(self, block: bool, what: str) -> None:
+        if block and self._on_own_threads():
+            raise RuntimeError(
+                f"submit_job() from an event handler or the processor found {what} reached and would "
+                "wait for room only this batcher can free: it would wait for itself (pass block=False, "
+                "or submit from another thread)"
+            )
 
     def _on_own_threads(self) -> bool:
         return threading.current_thread() is self._thread or self._engine.is_processing_here()
@@ -256,7 +274,8 @@ def _after_fork_in_child() -> None:
             batcher._after_fork_in_child()
 
 
-# Run before concurrent.futures' own exit hook (later registrations run first).
+# Run before concurrent.futures' own exit hook, which stops the executors a queue may use
+# (later registrations run first; importing concurrent.futures.thread above registered it).
 _register = getattr(threading, "_register_atexit", atexit.register)
 _register(_drain_at_exit)
 if hasattr(os, "register_at_fork"):

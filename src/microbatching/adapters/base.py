@@ -6,6 +6,7 @@ Adapters see the engine only through :class:`EngineSide`, the few calls it offer
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._job import Job
@@ -99,6 +100,23 @@ class Adapter:
     def abandon(self) -> list[Job[Any]]:
         """Give up on jobs still inside the queue; returns them so their handles fail."""
         return []
+
+    # -- storing (durable queues: jobs accepted but not yet written) ------------------------
+
+    def has_store_room(self) -> bool:
+        """Whether another accepted job may wait to be stored (always, when nothing is stored)."""
+        return True
+
+    def wait_for_store_room(self, timeout: float | None) -> bool:
+        """Block (not on the loop) until ``has_store_room``; False if ``timeout`` passed first."""
+        return True
+
+    async def store_room(self) -> None:
+        """Wait on the loop until ``has_store_room``."""
+
+    def watch_stored(self, job: Job[Any]) -> concurrent.futures.Future[None] | None:
+        """A future resolved once ``job`` is stored (``None``: nothing is stored, nothing to wait for)."""
+        return None
 
     async def close(self) -> None:
         """Release the queue's resources at the end of shutdown."""

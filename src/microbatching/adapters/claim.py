@@ -10,13 +10,18 @@ their delay on retry (so a crash loses nothing), dead-lettered on final failure.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
+import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .._job import Job
-from ..errors import JobCancelledError
+from ..errors import JobCancelledError, QueueError
 from ..queues._types import Lease, Message
 from .base import Adapter
 
@@ -30,6 +35,10 @@ logger = logging.getLogger("microbatching")
 _POLL_WAIT = 0.1  # seconds an idle claim polls a queue that cannot block on its broker
 _BLOCKING_WAIT = 1.0  # seconds an idle claim waits on a broker that can block
 _ERROR_BACKOFF = 0.5
+_FIRST_BACKOFF = 0.05  # the first pause before repeating a write the queue failed; doubles
+_LAST_BACKOFF = 2.0
+#: How long an enqueue the queue keeps failing is repeated before its jobs fail.
+_ENQUEUE_PATIENCE = 30.0
 #: A job whose lease ran out this many times (its consumer died or stalled with it) is
 #: processed alone: it may be what kills the consumer.
 _SUSPECT_AFTER = 2
@@ -60,26 +69,39 @@ class ClaimAdapter(Adapter):
         self._releases: list[Job[Any]] = []
         self._dead: list[tuple[Job[Any], BaseException]] = []
         self._writer: asyncio.Task[None] | None = None
-        self._suspects: deque[Job[Any]] = deque()
-        self._isolating: str | None = None
+        self._suspects: deque[Job[Any]] = deque()  # held until they can run alone
+        self._isolating: str | None = None  # the key of the suspect running alone
+        self._wants_isolation = False  # a suspect was given back: claim more once idle
+        self._deferred: list[Job[Any]] = []  # held (not given back) while a suspect runs alone
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        self._troubled = False  # the queue is failing: said once in the log, until it works again
+        # Jobs encoded at submit and not yet stored (any thread counts in; the writer out).
+        self._unstored = 0
+        self._store_changed = threading.Condition()
+        self._store_watchers: dict[str, concurrent.futures.Future[None]] = {}
+        self._store_room: asyncio.Event | None = None
+        self._closing = False
 
     # -- submitting ---------------------------------------------------------------------------
 
     def prepare(self, job: Job[Any]) -> None:
         """Encode ``job`` (raising ``SerializationError``/``PayloadTooLargeError``) before it is accepted."""
         job.receipt = self.queue.encode(job)
+        with self._store_changed:
+            self._unstored += 1
 
     def admit(self, job: Job[Any]) -> None:
         message = job.receipt
         job.receipt = None
-        if not isinstance(message, Message):
+        if not isinstance(message, Message):  # not encoded at submit (prepare was not called)
             try:
                 message = self.queue.encode(job)
             except Exception as exc:
                 self.engine.fail_for_good(job, exc)
                 return
+            with self._store_changed:
+                self._unstored += 1
         self._own[message.key] = _Own(job)
         self._outbox.append(message)
         self._schedule_write()
@@ -117,7 +139,12 @@ class ClaimAdapter(Adapter):
                 await self._write_all()
                 if not self._own_queued():
                     break
-            elif self._suspects or self._isolating is not None:
+            elif (
+                self._suspects
+                or self._deferred
+                or self._isolating is not None
+                or (self._wants_isolation and self._held)
+            ):
                 await self._isolate_next()
                 continue
             want = target - len(self._held)
@@ -130,14 +157,11 @@ class ClaimAdapter(Adapter):
                 logger.exception("claiming jobs from %r failed; retrying in %ss", queue, _ERROR_BACKOFF)
                 await asyncio.sleep(_ERROR_BACKOFF)
                 continue
-            own_seen = False
+            own_seen = any(job.receipt.key in self._own for job in jobs)
+            if not draining and any(_is_suspect(job) for job in jobs):
+                jobs = self._isolate_suspects(jobs)
             for job in jobs:
-                lease: Lease = job.receipt
-                own_seen = own_seen or lease.key in self._own
-                if lease.recovered >= _SUSPECT_AFTER and not draining:
-                    self._park_suspect(job)
-                else:
-                    engine.deliver(job)
+                engine.deliver(job)
             if draining and not own_seen:
                 break  # our remaining jobs are behind other work, delayed, or leased elsewhere
         self._let_go_of_queued()
@@ -148,27 +172,66 @@ class ClaimAdapter(Adapter):
         A job that crashes its worker would otherwise take its batch-mates' attempts with
         it, every time, until they were all dead-lettered together.
         """
-        if self._isolating is None and len(self._held) == len(self._suspects):  # nothing else here
-            job = self._suspects.popleft()
-            self._isolating = job.receipt.key
-            self.engine.deliver(job)
+        if self._isolating is None:
+            waiting = len(self._suspects) + len(self._deferred)
+            if self._suspects and len(self._held) == waiting:  # nothing else runs here
+                self._run_alone(self._suspects.popleft())
+            elif not self._suspects and self._deferred:
+                deferred, self._deferred = self._deferred, []
+                for job in deferred:
+                    self._held.pop(job.receipt.key, None)
+                    self.engine.deliver(job)
         await self._sleep(None)  # woken when jobs are settled
 
-    def _park_suspect(self, job: Job[Any]) -> None:
-        # One suspect at a time: the others go straight back, their claim's attempt undone,
-        # so a job crashing the worker while they wait costs them nothing.
-        if self._suspects or self._isolating is not None:
-            self._releases.append(job)
+    def _isolate_suspects(self, jobs: list[Job[Any]]) -> list[Job[Any]]:
+        """Sort a claim holding suspects; returns the jobs to deliver as usual.
+
+        A suspect runs only when this worker holds nothing else, so that if it kills the
+        worker it takes no other job's attempt with it.  Until then it is given back at
+        once (its attempt undone, where the queue can): held here while other batches ran,
+        it would be charged the attempt of a claim it never ran in, and buried unrun if
+        the worker died meanwhile.  No more work is claimed until the worker is idle.
+        """
+        suspects = [job for job in jobs if _is_suspect(job)]
+        others = [job for job in jobs if not _is_suspect(job)]
+        if not self._held and self._isolating is None and not self._suspects:
+            self._run_alone(suspects[0])
+            self._give_back(others + suspects[1:])
+            return []
+        self._give_back(suspects)
+        self._wants_isolation = True
+        return others
+
+    def _run_alone(self, job: Job[Any]) -> None:
+        self._isolating = job.receipt.key
+        self._wants_isolation = False
+        self._held[job.receipt.key] = job
+        self.engine.deliver(job)
+
+    def _give_back(self, jobs: list[Job[Any]]) -> None:
+        if not self.queue.capabilities.release_keeps_attempts:
+            # Giving back would spend an attempt: hold them instead (leases renewed), the
+            # suspects until each can run alone, the others until no suspect is left.
+            for job in jobs:
+                self._held[job.receipt.key] = job
+                if _is_suspect(job):
+                    self._suspects.append(job)
+                else:
+                    self._deferred.append(job)
+            return
+        self._releases.extend(jobs)
+        if jobs:
             self._schedule_write()
-        else:
-            self._held[job.receipt.key] = job  # its lease is renewed while it waits
-            self._suspects.append(job)
 
     def _release_suspects(self) -> None:
-        while self._suspects:
-            job = self._suspects.popleft()
+        """Shutdown: what waits to run alone (or behind a suspect) goes back to the queue."""
+        waiting = [*self._suspects, *self._deferred]
+        self._suspects.clear()
+        self._deferred = []
+        for job in waiting:
             self._held.pop(job.receipt.key, None)
             self._releases.append(job)
+        if waiting:
             self._schedule_write()
 
     async def _sleep(self, timeout: float | None) -> None:
@@ -265,46 +328,123 @@ class ClaimAdapter(Adapter):
         while self._outbox or self._acks or self._retries or self._releases or self._dead:
             if self._outbox:
                 messages, self._outbox = self._outbox, []
-                try:
-                    await queue.enqueue(messages)
+                try:  # safe to repeat: a message's key makes a second enqueue of it a no-op
+                    await self._persist("enqueueing", partial(queue.enqueue, messages), _ENQUEUE_PATIENCE)
                 except Exception as exc:
                     self._enqueue_failed(messages, exc)
+                else:
+                    self._stored(messages, None)
                 self._wake.set()
             await self._settle("acknowledging", queue.ack, "_acks")
             if self._retries:
                 retries, self._retries = self._retries, []
                 jobs, delays = [job for job, _ in retries], [delay for _, delay in retries]
-                await self._attempt("storing retries", queue.retry(jobs, delays))
+                await self._attempt("storing retries", partial(queue.retry, jobs, delays))
             await self._settle("releasing", queue.release, "_releases")
             if self._dead:
                 dead, self._dead = self._dead, []
-                await self._attempt("dead-lettering", queue.dead_letter(dead))
+                await self._attempt("dead-lettering", partial(queue.dead_letter, dead))
 
     async def _settle(self, what: str, operation: Any, attribute: str) -> None:
         jobs: list[Job[Any]] = getattr(self, attribute)
         if jobs:
             setattr(self, attribute, [])
-            await self._attempt(what, operation(jobs))
+            await self._attempt(what, partial(operation, jobs))
 
-    async def _attempt(self, what: str, operation: Any) -> None:
+    async def _attempt(self, what: str, operation: Callable[[], Awaitable[Any]]) -> None:
         try:
-            await operation
+            # Settles are checked against the lease, so repeating one is safe; past the
+            # lease the jobs come back by themselves anyway.
+            await self._persist(what, operation, self.queue.lease)
         except Exception:
-            # The leases run out and the jobs come back: at-least-once, nothing lost.
             logger.exception("%s jobs on %r failed; they will be redelivered", what, self.queue)
+
+    async def _persist(self, what: str, operation: Callable[[], Awaitable[Any]], patience: float) -> None:
+        """Run ``operation``, retrying with backoff for up to ``patience`` seconds while the queue fails.
+
+        The queue's trouble is logged once when it starts and once when it ends, not per job.
+        """
+        deadline = time.monotonic() + patience
+        pause = _FIRST_BACKOFF
+        while True:
+            try:
+                await operation()
+            except QueueError as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                if not self._troubled:
+                    self._troubled = True
+                    logger.warning("%s jobs on %r failed (%s); retrying with backoff", what, self.queue, exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _LAST_BACKOFF)
+                continue
+            if self._troubled:
+                self._troubled = False
+                logger.warning("%r works again", self.queue)
+            return
 
     def _enqueue_failed(self, messages: list[Message], exc: Exception) -> None:
         logger.error("enqueueing %d jobs on %r failed: %s", len(messages), self.queue, exc)
+        self._stored(messages, exc)
         for message in messages:
             own = self._own.pop(message.key, None)
             if own is not None:
                 self.engine.fail_for_good(own.job, exc)
+
+    # -- how much is accepted but not yet stored ----------------------------------------------
+
+    def _stored(self, messages: list[Message], error: BaseException | None) -> None:
+        """``messages`` reached the queue (or failed to): room for more, and their watchers told."""
+        with self._store_changed:
+            self._unstored -= len(messages)
+            watchers = [self._store_watchers.pop(m.key, None) for m in messages if self._store_watchers]
+            self._store_changed.notify_all()
+        for watcher in watchers:
+            if watcher is not None and not watcher.done():
+                if error is None:
+                    watcher.set_result(None)
+                else:
+                    watcher.set_exception(error)
+        if self._store_room is not None and self._unstored < self.queue.max_unstored:
+            self._store_room.set()
+
+    def wait_for_store_room(self, timeout: float | None) -> bool:
+        """Block (any thread but the loop's) while ``max_unstored`` accepted jobs are not yet stored."""
+        limit = self.queue.max_unstored
+        with self._store_changed:
+            return self._store_changed.wait_for(lambda: self._unstored < limit or self._closing, timeout)
+
+    def has_store_room(self) -> bool:
+        return self._unstored < self.queue.max_unstored
+
+    async def store_room(self) -> None:
+        """Wait (on the loop) while ``max_unstored`` accepted jobs are not yet stored."""
+        while self._unstored >= self.queue.max_unstored and not self._closing:
+            if self._store_room is None:
+                self._store_room = asyncio.Event()
+            self._store_room.clear()
+            await self._store_room.wait()
+
+    def watch_stored(self, job: Job[Any]) -> concurrent.futures.Future[None]:
+        """A future that resolves once ``job`` (encoded by ``prepare``) is stored in the queue."""
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        message = job.receipt
+        if not isinstance(message, Message):
+            raise RuntimeError("watch_stored() needs a job encoded by prepare()")
+        with self._store_changed:
+            self._store_watchers[message.key] = future
+        return future
 
     async def _write_all(self) -> None:
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
 
     async def close(self) -> None:
+        with self._store_changed:  # nobody waits for room any more
+            self._closing = True
+            self._store_changed.notify_all()
+        if self._store_room is not None:
+            self._store_room.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -314,3 +454,7 @@ class ClaimAdapter(Adapter):
             self._fail_handle(own.job)
         self._own.clear()
         await self.queue.close()
+
+
+def _is_suspect(job: Job[Any]) -> bool:
+    return bool(job.receipt.recovered >= _SUSPECT_AFTER)

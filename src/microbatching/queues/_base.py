@@ -107,6 +107,10 @@ class ClaimQueue(ABC):
     client_errors: ClassVar[tuple[type[BaseException], ...]] = ()
     #: Where the queue lives, for messages (credentials are redacted in every message).
     url: str = ""
+    #: How many jobs a batcher on this queue holds accepted but not yet stored: a submit
+    #: (``MicroBatching.submit_job``, ``await AsyncMicroBatching.submit_job``) waits while
+    #: this many are unwritten, so a crash of the submitting process loses at most these.
+    max_unstored: int = 1000
 
     def __init__(
         self,
