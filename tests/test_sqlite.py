@@ -167,3 +167,13 @@ def test_payload_limit_is_configurable(tmp_path: Path) -> None:
     assert small.encode(Job(7, "x" * 8)).payload == b'"xxxxxxxx"'
     unbounded = SQLiteQueue(tmp_path / "q.db", max_payload_bytes=None)
     assert len(unbounded.encode(Job(1, "x" * 5_000_000)).payload) == 5_000_002
+
+
+def test_the_fast_paths_that_lean_on_cpython_internals_are_in_use_here() -> None:
+    # Each checks itself at import and falls back to the public path when this Python differs;
+    # this says so loudly, so a Python upgrade that breaks one is noticed, not silently slower.
+    from microbatching._job import FUTURE_INTERNALS_KNOWN
+    from microbatching.queues._serialization import FAST_JSON_ENCODER
+
+    assert FAST_JSON_ENCODER, "json.encoder.c_make_encoder changed: the JSON fast path is off"
+    assert FUTURE_INTERNALS_KNOWN, "concurrent.futures.Future changed: JobResult falls back to a plain Future"

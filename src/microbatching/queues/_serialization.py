@@ -43,13 +43,26 @@ _json_decoder = json.JSONDecoder()
 _json_scan: Any = getattr(_json_decoder, "scan_once")  # noqa: B009 (untyped attribute)
 # The C encoder behind JSONEncoder, made once, without the circular-reference markers (a
 # cycle recurses until RecursionError; then the full encoder runs again to say "Circular").
-_c_encode: Any = None
-try:
-    _c_encode = getattr(json.encoder, "c_make_encoder")(  # noqa: B009 (untyped attribute)
-        None, _json_encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
-    )
-except TypeError:  # pragma: no cover - no C accelerator, or another signature: the plain path
-    pass
+# It is a private CPython function called by position: this is the one place that does, it
+# is used only if it encodes a sample exactly as the public encoder does, and
+# FAST_JSON_ENCODER says whether it is (a test fails loudly on a Python where it is not).
+_SAMPLE = {"s": "h\u00e9 \u2603 \"q\"", "n": [1, 2.5, -3, None, True], "d": {"k": []}}
+
+
+def _make_c_encoder() -> Any:
+    try:
+        encoder = getattr(json.encoder, "c_make_encoder")(  # noqa: B009 (untyped attribute)
+            None, _json_encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+        )
+        same = "".join(encoder(_SAMPLE, 0)) == _json_encoder.encode(_SAMPLE)
+    except Exception:  # no C accelerator, or another signature: the public encoder then
+        return None
+    return encoder if same else None
+
+
+_c_encode: Any = _make_c_encoder()
+#: Whether the fast C encoder is in use on this Python.
+FAST_JSON_ENCODER = _c_encode is not None
 
 
 class JsonSerializer:
