@@ -104,3 +104,12 @@ def test_no_exact_type_test_picks_an_adapter() -> None:
         if "type(adapter) is" in line or "type(self._adapter) is" in line
     ]
     assert found == []
+
+
+def test_the_architecture_picture_is_drawn_from_the_current_code() -> None:
+    import subprocess
+    import sys
+
+    script = PACKAGE.parent.parent / "tools" / "architecture.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
