@@ -66,19 +66,19 @@ def test_unencodable_data_over_max_pending_is_a_serialization_error_in_both(
     # Encoding comes before room: nothing about room is said of a job that cannot be stored.
     queue = SQLiteQueue(tmp_path / "q.db")
     submits = [Job(1, "fits"), Job(2, object())]
-    assert _first_error(kind, queue, submits, max_pending=1, batch_interval=60) is SerializationError
+    assert _first_error(kind, queue, submits, max_pending=1, batch_interval=9) is SerializationError
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_full_batcher_refuses_with_queue_full_in_both(kind: str) -> None:
     submits = [Job(1, 1), Job(2, 2)]
-    assert _first_error(kind, None, submits, max_pending=1, batch_interval=60) is QueueFullError
+    assert _first_error(kind, None, submits, max_pending=1, batch_interval=9) is QueueFullError
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_job_already_submitted_is_a_value_error_in_both(kind: str) -> None:
     job = Job(1, 1)
-    assert _first_error(kind, None, [job, job], batch_interval=60) is ValueError
+    assert _first_error(kind, None, [job, job], batch_interval=9) is ValueError
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])

@@ -137,7 +137,7 @@ def test_sync_submitter_blocked_on_room_learns_of_shutdown() -> None:
 def test_shutdown_flushes_partial_batch_at_once() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        mb = AsyncMicroBatching(None, double, batch_size=100, batch_interval=60.0)
+        mb = AsyncMicroBatching(None, double, batch_size=100, batch_interval=9.0)
         batches: list[Batch] = []
         mb.on("batch_started", batches.append)
         futures = [mb.submit_job_nowait(Job(i, i)) for i in range(5)]
@@ -300,14 +300,14 @@ def test_shutdown_from_the_loop_thread_is_refused() -> None:
 
 def test_context_managers_start_and_drain() -> None:
     async def main() -> None:
-        async with AsyncMicroBatching(None, double, batch_interval=30) as mb:
+        async with AsyncMicroBatching(None, double, batch_interval=9) as mb:
             assert mb.state is State.RUNNING
             future = mb.submit_job_nowait(Job(1, 21))
         assert mb.state is State.CLOSED
         assert future.result() == 42
 
     vrun(main())
-    with MicroBatching(None, lambda jobs: [j.data for j in jobs], batch_interval=30) as mb:
+    with MicroBatching(None, lambda jobs: [j.data for j in jobs], batch_interval=9) as mb:
         handle = mb.submit_job(Job(1, "x"))
     assert handle.result(0) == "x"
     assert mb.state is State.CLOSED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from typing import Any
 
@@ -28,17 +29,87 @@ def test_async_function_is_batched_across_concurrent_callers() -> None:
     assert square.__name__ == "square"
 
 
-def test_async_decorated_call_returns_a_plain_future_no_coroutine() -> None:
+def test_nowait_returns_the_items_plain_future_without_a_coroutine() -> None:
     @microbatching.batch(batch_size=2)
     async def echo(items: list[int]) -> list[int]:
         return items
 
     async def main() -> None:
-        future = echo(1)
+        future = echo.nowait(1)
         assert type(future) is asyncio.Future
         assert await future == 1
 
     vrun(main())
+
+
+def test_a_batched_async_function_is_called_like_an_async_def() -> None:
+    @microbatching.batch(batch_size=8, batch_interval=0.001)
+    async def double(items: list[int]) -> list[int]:
+        return [x * 2 for x in items]
+
+    assert inspect.iscoroutinefunction(double)
+    assert asyncio.run(double(4)) == 8  # a coroutine: asyncio.run takes it
+
+    async def main() -> list[int]:
+        tasks = [asyncio.create_task(double(i)) for i in range(3)]
+        return list(await asyncio.gather(*tasks))
+
+    assert asyncio.run(main()) == [0, 2, 4]  # a second event loop gets its own batcher
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "TaskGroup"), reason="asyncio.TaskGroup is new in Python 3.11")
+def test_a_batched_async_function_runs_in_a_task_group() -> None:
+    @microbatching.batch(batch_size=8, batch_interval=0.001)
+    async def double(items: list[int]) -> list[int]:
+        return [x * 2 for x in items]
+
+    async def main() -> list[int]:
+        async with asyncio.TaskGroup() as group:  # type: ignore[attr-defined]
+            tasks = [group.create_task(double(i)) for i in range(3)]
+        return [task.result() for task in tasks]
+
+    assert asyncio.run(main()) == [0, 2, 4]
+
+
+def test_weight_receives_the_items_the_function_receives() -> None:
+    sizes: list[list[str]] = []
+
+    @microbatching.batch(batch_size=10, batch_interval=0.01, max_batch_weight=6, weight=len)
+    async def upper(items: list[str]) -> list[str]:
+        sizes.append(items)
+        return [item.upper() for item in items]
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(*(upper(word) for word in ["abc", "de", "f", "ghij"])))
+
+    assert vrun(main()) == ["ABC", "DE", "F", "GHIJ"]
+    assert all(sum(map(len, batch)) <= 6 for batch in sizes), sizes
+
+
+def test_batched_functions_type_check_under_mypy_strict(tmp_path: Any) -> None:
+    source = tmp_path / "typed_use.py"
+    source.write_text(
+        "import asyncio\n"
+        "import microbatching\n\n"
+        "@microbatching.batch(batch_size=8)\n"
+        "async def embed(texts: list[str]) -> list[float]:\n"
+        "    return [float(len(t)) for t in texts]\n\n"
+        "@microbatching.batch\n"
+        "def lookup(keys: list[int]) -> list[str]:\n"
+        "    return [str(k) for k in keys]\n\n"
+        "async def main() -> float:\n"
+        "    value: float = await embed('x')\n"
+        "    task: asyncio.Task[float] = asyncio.create_task(embed('y'))\n"
+        "    fast: asyncio.Future[float] = embed.nowait('z')\n"
+        "    name: str = lookup(3)\n"
+        "    return value + await task + await fast + len(name)\n"
+    )
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(source)]
+    checked = subprocess.run(command, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_failing_item_raises_the_functions_own_error_and_others_succeed() -> None:

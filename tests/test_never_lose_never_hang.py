@@ -76,7 +76,7 @@ def settled_outcome(handle: JobResult) -> str:
 
 
 def test_shutdown_cancel_settles_the_jobs_of_the_open_batch() -> None:
-    mb = MicroBatching(None, echo, batch_size=100, batch_interval=60)
+    mb = MicroBatching(None, echo, batch_size=100, batch_interval=9)
     handles = [mb.submit_job(Job(i, i)) for i in range(3)]
     mb.shutdown(cancel=True)
     _, pending = wait(handles, timeout=2)
@@ -92,7 +92,7 @@ def test_shutdown_cancel_settles_the_jobs_of_the_open_batch() -> None:
 
 def test_async_shutdown_cancel_settles_the_jobs_of_the_open_batch() -> None:
     async def main() -> None:
-        mb = AsyncMicroBatching(None, async_echo, batch_size=100, batch_interval=60)
+        mb = AsyncMicroBatching(None, async_echo, batch_size=100, batch_interval=9)
         mb.start()
         futures = [mb.submit_job_nowait(Job(i, i)) for i in range(3)]
         await asyncio.wait_for(mb.shutdown(cancel=True), 5)
@@ -773,7 +773,7 @@ def test_a_cancelled_job_resubmitted_is_processed_once_and_its_cancel_is_counted
         seen.extend(job.id for job in jobs)
         return [job.data for job in jobs]
 
-    mb = MicroBatching(None, process, batch_size=10, batch_interval=60)
+    mb = MicroBatching(None, process, batch_size=10, batch_interval=9)
     job = Job("J", 1)
     first = mb.submit_job(job)
     assert first.cancel()
@@ -794,7 +794,7 @@ def test_a_cancelled_job_resubmitted_on_the_async_batcher_is_processed_once() ->
             seen.extend(job.id for job in jobs)
             return [job.data for job in jobs]
 
-        mb = AsyncMicroBatching(None, process, batch_size=10, batch_interval=60)
+        mb = AsyncMicroBatching(None, process, batch_size=10, batch_interval=9)
         mb.start()
         job = Job("J", 1)
         mb.submit_job_nowait(job).cancel()
@@ -823,7 +823,7 @@ def test_a_job_cancelled_before_its_batch_starts_gets_a_job_failed_event() -> No
         in_flight["count"] -= 1
         events.append(("failed", job.id, type(error)))
 
-    mb = MicroBatching(None, echo, batch_size=10, batch_interval=60)
+    mb = MicroBatching(None, echo, batch_size=10, batch_interval=9)
     mb.on("job_added", added)
     mb.on("job_completed", completed)
     mb.on("job_failed", failed)
@@ -892,7 +892,7 @@ def test_a_nan_or_negative_weight_fails_its_job_and_the_others_batch_within_the_
         None,
         process,
         batch_size=100,
-        batch_interval=60,
+        batch_interval=9,
         max_batch_weight=10,
         weight=lambda job: job.data,
         retry=None,

@@ -54,7 +54,7 @@ def starting(modes: st.SearchStrategy[str]) -> Any:
     return initialize(
         target=HANDLES,
         batch_size=st.integers(min_value=1, max_value=4),
-        interval=st.sampled_from([0.0, 0.002, 60.0]),
+        interval=st.sampled_from([0.0, 0.002, 9.0]),
         concurrency=st.integers(min_value=1, max_value=2),
         weighted=st.booleans(),
         mode=modes,

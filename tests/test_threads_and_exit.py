@@ -128,7 +128,7 @@ def test_exit_without_shutdown_still_processes_every_accepted_job() -> None:
                 print("done", job.id, flush=True)
             return [None for _ in jobs]
 
-        mb = MicroBatching(None, process, batch_size=7, batch_interval=30)
+        mb = MicroBatching(None, process, batch_size=7, batch_interval=9)
         for i in range(20):
             mb.submit_job(Job(i, i))
         print("main ends", flush=True)

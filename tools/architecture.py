@@ -96,14 +96,12 @@ def render() -> str:
         for line, chunk in enumerate(_wrap(sorted(members[index]), 110)):
             out.append(f'<text x="{left + 10}" y="{y + 38 + line * 15}" font-family="monospace" '
                        f'font-size="11">{escape(chunk)}</text>')  # fmt: skip
-    for lane, ((source, target), count) in enumerate(sorted(edges.items())):
+    for lane, (source, target) in enumerate(sorted(edges)):
         x = left - 12 - lane * 6
         y1 = 10 + source * (row + gap) + row / 2 + (lane % 5) * 4
         y2 = 10 + target * (row + gap) + row / 2 - 10 + (lane % 5) * 4
         out.append(f'<path d="M{left},{y1:.0f} H{x} V{y2:.0f} H{left - 2}" fill="none" stroke="#777" '
                    'marker-end="url(#a)"/>')  # fmt: skip
-        out.append(f'<text x="{x - 4}" y="{(y1 + y2) / 2:.0f}" text-anchor="end" font-size="10" fill="#333">'
-                   f'{count}</text>')  # fmt: skip
     upward = [f"{LAYERS[s][0]} -> {LAYERS[t][0]}" for s, t in edges if t < s]
     note = "every arrow points down" if not upward else "UPWARD: " + ", ".join(upward)
     out.append(f'<text x="10" y="{height - 6}" fill="#555">imports between layers ({note})</text>')

@@ -7,75 +7,159 @@ import functools
 import os
 import threading
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from ._async import AsyncMicroBatching
 from ._engine.processor import is_async_callable, resolve_processor
 from ._job import Job
 from ._options import Options
+from ._retry import RetryPolicy
 from ._sync import MicroBatching
 
-__all__ = ["batch"]
+__all__ = ["AsyncBatched", "SyncBatched", "batch"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+T_contra = TypeVar("T_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
 
 
-def batch(func: Callable[..., Any] | None = None, **options: Any) -> Any:
+class AsyncBatched(Protocol[T_contra, R]):
+    """An ``async def`` function over a list, batched: ``await f(item)`` is one item's result.
+
+    ``f(item)`` is a coroutine, so it works wherever an ``async def`` call does
+    (``asyncio.create_task``, ``TaskGroup.create_task``, ``asyncio.run``);
+    ``f.nowait(item)`` returns the item's future at once, without a coroutine (the fastest
+    call, for hot loops).
+    """
+
+    def __call__(self, item: T_contra) -> Coroutine[Any, Any, R]: ...
+
+    def nowait(self, item: T_contra) -> asyncio.Future[R]: ...
+
+
+class SyncBatched(Protocol[T_contra, R_co]):
+    """A plain function over a list, batched across threads: ``f(item)`` blocks for the result."""
+
+    def __call__(self, item: T_contra) -> R_co: ...
+
+
+class _Decorator(Generic[T, R]):
+    """What ``@batch(...)`` with options returns: applied to a function, the batched function."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self._options = options
+
+    @overload
+    def __call__(self, func: Callable[[list[T]], Awaitable[Sequence[R]]]) -> AsyncBatched[T, R]: ...
+
+    @overload
+    def __call__(self, func: Callable[[list[T]], Sequence[R]]) -> SyncBatched[T, R]: ...
+
+    def __call__(self, func: Callable[..., Any]) -> Any:
+        return _decorate(func, self._options)
+
+
+@overload
+def batch(func: Callable[[list[T]], Awaitable[Sequence[R]]], /) -> AsyncBatched[T, R]: ...
+
+
+@overload
+def batch(func: Callable[[list[T]], Sequence[R]], /) -> SyncBatched[T, R]: ...
+
+
+@overload
+def batch(
+    func: None = None,
+    /,
+    *,
+    batch_size: int = ...,
+    batch_interval: float = ...,
+    max_batch_weight: float | None = ...,
+    weight: Callable[[Any], float] | None = ...,
+    retry: RetryPolicy | None = ...,
+    max_concurrent_batches: int = ...,
+    max_pending: int | None = ...,
+    batch_timeout: float | None = ...,
+) -> _Decorator[Any, Any]: ...
+
+
+def batch(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Batch calls across concurrent callers: ``@batch(batch_size=32, batch_interval=0.01)``.
 
     The decorated function takes a list of items and returns one result per item; the
-    wrapper takes one item.  For ``async def`` functions, ``await f(item)`` (one batcher
-    per event loop); for plain functions, ``f(item)`` blocks the calling thread and batches
-    across threads.  Works on methods too (one batcher per instance).  Options are those of
-    :class:`AsyncMicroBatching`; ``retry`` defaults to ``None`` here, and a failing item
-    raises the function's own exception, as a direct call would.
+    wrapper takes one item.  An ``async def`` function stays one: ``await f(item)``, and
+    ``f(item)`` is a coroutine wherever an ``async def`` call is expected (one batcher per
+    event loop); ``f.nowait(item)`` returns the item's future without a coroutine, for hot
+    loops.  A plain function blocks the calling thread: ``f(item)``, batched across
+    threads.  Works on methods too (one batcher per instance).  Options are those of
+    :class:`AsyncMicroBatching`; ``weight`` receives the item; ``retry`` defaults to
+    ``None`` here, and a failing item raises the function's own exception, as a direct call
+    would.
     """
     options.setdefault("retry", None)
-
-    def decorate(target: Callable[..., Any]) -> Any:
-        Options(**options)  # validate the options now, not at first call
-        resolve_processor(target)
-        caller = _AsyncCaller if is_async_callable(target) else _SyncCaller
-        return _wrapper(target, caller, options)
-
-    return decorate if func is None else decorate(func)
+    Options(**options)  # the options are checked now, not at the first call
+    return _Decorator(options) if func is None else _decorate(func, options)
 
 
 _NO_ITEM: Any = object()
 
 
-def _wrapper(target: Callable[..., Any], caller: type[_Caller], options: dict[str, Any]) -> Any:
-    """A plain function (the fastest thing to call) that submits its item to ``caller``.
+def _decorate(target: Callable[..., Any], options: dict[str, Any]) -> Any:
+    resolve_processor(target)  # a clear error now for something that cannot process a list
+    weigh = options.get("weight")
+    if weigh is not None:  # the function's callers think in items, not jobs
+        options = {**options, "weight": lambda job: weigh(job.data)}
+    if is_async_callable(target):
+        return _async_wrapper(target, options)
+    return _sync_wrapper(target, options)
 
-    Called with one argument, it is the decorated function; called with two, it was looked
-    up on an instance as a method: ``(instance, item)``, with one batcher per instance.
-    """
-    plain = caller(target, options)
-    per_instance: weakref.WeakKeyDictionary[Any, _Caller] = weakref.WeakKeyDictionary()
 
-    def method_call(instance: Any, item: Any) -> Any:
-        bound = per_instance.get(instance)
-        if bound is None:
-            bound = per_instance[instance] = caller(functools.partial(target, instance), options)
-        return bound.call(item)
+def _per_instance(caller: type[_Caller], target: Callable[..., Any], options: dict[str, Any]) -> Any:
+    """The caller of a method for one instance (one batcher per instance)."""
+    callers: weakref.WeakKeyDictionary[Any, _Caller] = weakref.WeakKeyDictionary()
 
-    if isinstance(plain, _AsyncCaller):
-        running_loop = asyncio.get_running_loop
+    def of(instance: Any) -> _Caller:
+        found = callers.get(instance)
+        if found is None:
+            found = callers[instance] = caller(functools.partial(target, instance), options)
+        return found
 
-        @functools.wraps(target)
-        def async_wrapper(first: Any, second: Any = _NO_ITEM) -> Any:
-            if second is not _NO_ITEM:
-                return method_call(first, second)
-            # AsyncCaller.call, written inline: this is the hot path of every call.
-            if running_loop() is not plain._loop:
-                plain._start_on_running_loop()
-            return plain._batcher.submit_job_nowait(Job(None, first))
+    return of
 
-        return async_wrapper
+
+def _async_wrapper(target: Callable[..., Any], options: dict[str, Any]) -> Any:
+    plain = _AsyncCaller(target, options)
+    bound = _per_instance(_AsyncCaller, target, options)
+    running_loop = asyncio.get_running_loop
+
+    def nowait(first: Any, second: Any = _NO_ITEM) -> asyncio.Future[Any]:
+        """The item's future at once (no coroutine): ``await f.nowait(item)``."""
+        if second is not _NO_ITEM:  # looked up on an instance: (instance, item)
+            result: asyncio.Future[Any] = bound(first).call(second)
+            return result
+        # _AsyncCaller.call, written inline: the hot path of every call.
+        if running_loop() is not plain._loop:
+            plain._start_on_running_loop()
+        return plain._batcher.submit_job_nowait(Job(None, first))
+
+    @functools.wraps(target)
+    async def wrapper(first: Any, second: Any = _NO_ITEM) -> Any:
+        return await nowait(first, second)
+
+    wrapper.nowait = nowait  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _sync_wrapper(target: Callable[..., Any], options: dict[str, Any]) -> Any:
+    plain = _SyncCaller(target, options)
+    bound = _per_instance(_SyncCaller, target, options)
 
     @functools.wraps(target)
     def wrapper(first: Any, second: Any = _NO_ITEM) -> Any:
-        if second is not _NO_ITEM:
-            return method_call(first, second)
+        if second is not _NO_ITEM:  # looked up on an instance: (instance, item)
+            return bound(first).call(second)
         return plain.call(first)
 
     return wrapper

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ DEFAULT_BATCH_SIZE = 100
 #: 50 ms: a job waits at most this long for company, a delay most interactive callers
 #: tolerate and long enough to gather a useful batch at a few hundred jobs per second.
 DEFAULT_BATCH_INTERVAL = 0.05
+#: Intervals above this are more often milliseconds mistaken for seconds than meant: warned of.
+_LONGEST_USUAL_INTERVAL = 10.0
 #: Three attempts, 0.1 s then 0.2 s apart (each cut by up to half at random).
 DEFAULT_RETRY = RetryPolicy()
 
@@ -44,6 +47,14 @@ class Options:
         positive_int("batch_size", self.batch_size)
         positive_int("max_concurrent_batches", self.max_concurrent_batches)
         seconds("batch_interval", self.batch_interval)
+        if self.batch_interval > _LONGEST_USUAL_INTERVAL:
+            warnings.warn(
+                f"batch_interval is in seconds: {self.batch_interval!r} lets a partial batch wait "
+                f"{self.batch_interval!r} s; for {self.batch_interval!r} ms write "
+                f"batch_interval={self.batch_interval / 1000!r}",
+                UserWarning,
+                stacklevel=4,
+            )
         if self.max_pending is not None:
             positive_int("max_pending", self.max_pending)
         if self.batch_timeout is not None:

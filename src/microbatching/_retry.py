@@ -9,9 +9,13 @@ from dataclasses import dataclass, field
 from ._validate import number, positive_int, seconds
 from .errors import BatchResultError
 
-__all__ = ["RetryPolicy"]
+__all__ = ["PROGRAMMING_ERRORS", "RetryPolicy"]
 
 RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+
+#: Errors that mean a bug in the processor, not a passing fault: not retried by default.
+PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (TypeError, AttributeError, NameError, SyntaxError)
 
 
 @dataclass(frozen=True)
@@ -20,9 +24,11 @@ class RetryPolicy:
 
     The delay before attempt ``n + 1`` is ``min(max_delay, base_delay * multiplier ** (n - 1))``,
     reduced by a random fraction of at most ``jitter`` (0 = none, 1 = "full jitter").
-    ``retry_on`` is a tuple of exception types, or a predicate on the error.  A processor
-    that breaks its contract (:class:`~microbatching.errors.BatchResultError`) is never
-    retried: the same code would break it again.
+    ``retry_on`` is a tuple of exception types, or a predicate on the error.  Errors in
+    ``never_retry`` -- by default :data:`PROGRAMMING_ERRORS`, a bug the same code would
+    hit again -- and a processor that breaks its contract
+    (:class:`~microbatching.errors.BatchResultError`) are never retried; pass
+    ``never_retry=()`` to retry those too.
     """
 
     max_attempts: int = 3
@@ -31,6 +37,7 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.5
     retry_on: RetryOn = (Exception,)
+    never_retry: tuple[type[BaseException], ...] = PROGRAMMING_ERRORS
     _random: Callable[[], float] = field(default=random.random, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -46,10 +53,12 @@ class RetryPolicy:
             object.__setattr__(self, "retry_on", (self.retry_on,))
         if not callable(self.retry_on) and not _is_exception_tuple(self.retry_on):
             raise TypeError("retry_on must be a tuple of exception types or a callable")
+        if not _is_exception_tuple(self.never_retry):
+            raise TypeError("never_retry must be a tuple of exception types")
 
     def should_retry(self, error: BaseException, attempts: int) -> bool:
         """Whether a job that failed with ``error`` on attempt ``attempts`` gets another one."""
-        if attempts >= self.max_attempts or isinstance(error, BatchResultError):
+        if attempts >= self.max_attempts or isinstance(error, (BatchResultError, *self.never_retry)):
             return False
         if isinstance(self.retry_on, tuple):
             return isinstance(error, self.retry_on)

@@ -222,9 +222,9 @@ class QueueConformance:
             _expect("ValueError: bad poison" in dead[0].error, '"ValueError: bad poison" in dead[0].error')
 
     def test_shutdown_drains_every_accepted_job(self) -> None:
-        mb = self.batcher(lambda jobs: [job.data for job in jobs], batch_size=7, batch_interval=30.0)
+        mb = self.batcher(lambda jobs: [job.data for job in jobs], batch_size=7, batch_interval=9.0)
         handles = [mb.submit_job(Job(i, i)) for i in range(30)]
-        mb.shutdown()  # flushes the partial batch at once, no 30 s wait
+        mb.shutdown()  # flushes the partial batch at once, no 9 s wait
         _expect(all(h.done() for h in handles), "all(h.done() for h in handles)")
         _equal([h.result(timeout=0) for h in handles], list(range(30)))
 
@@ -284,7 +284,7 @@ class QueueConformance:
 
     def test_shutdown_settles_everything_it_claimed(self) -> None:
         self.require()
-        mb = self.batcher(lambda jobs: [job.data for job in jobs], batch_size=5, batch_interval=30.0)
+        mb = self.batcher(lambda jobs: [job.data for job in jobs], batch_size=5, batch_interval=9.0)
         handles = [mb.submit_job(Job(i, i)) for i in range(23)]
         mb.shutdown()
         _equal([h.result(timeout=0) for h in handles], list(range(23)))
