@@ -267,6 +267,9 @@ class Engine:
     async def _finish_tasks(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            # Awaiting tasks that already finished does not yield (Python 3.12+): yield once,
+            # so their done-callbacks (which forget them) run before we look again.
+            await asyncio.sleep(0)
 
     def abandon(self, reason: str) -> None:
         """Give up on every unfinished job now: they fail with ``JobCancelledError``."""
