@@ -32,7 +32,7 @@ def ok(jobs: list[Job[Any]]) -> list[Any]:
         ({"max_batch_weight": -1, "weight": len}, ValueError, "max_batch_weight must be finite and > 0"),
         ({"weight": len}, TypeError, "weight= has no effect without max_batch_weight="),
         ({"retry": 3}, TypeError, "retry must be a RetryPolicy or None, got 3"),
-        ({"batch_sise": 10}, TypeError, "unexpected keyword argument 'batch_sise'"),
+        ({"batch_sise": 10}, TypeError, "unknown option 'batch_sise'; did you mean 'batch_size'"),
     ],
 )
 @pytest.mark.parametrize("batcher", [MicroBatching, AsyncMicroBatching])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import warnings
 from asyncio.events import _get_running_loop  # the C accessor: no Python frame per submit
 from collections.abc import Callable
 from types import TracebackType
@@ -35,6 +36,7 @@ class AsyncMicroBatching(BatcherBase):
     """
 
     _loop: asyncio.AbstractEventLoop | None = None
+    _sentinel: Any = None
 
     def start(self) -> None:
         """Bind to the running event loop and begin (idempotent; submits start it too)."""
@@ -49,6 +51,7 @@ class AsyncMicroBatching(BatcherBase):
         self._engine.reraise_interrupts = self._engine.runner.is_async
         self._now = self._engine.now
         self._buffer.off_loop = self._check_loop
+        self._watch_loop_end(loop)
         self._state = State.RUNNING
         # Only a bounded or encoding batcher needs checks on every submit.
         self._update_guard()
@@ -117,6 +120,38 @@ class AsyncMicroBatching(BatcherBase):
         self._buffer.admit(job)
         return future
 
+    def _watch_loop_end(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Say so if the event loop ends (``asyncio.run`` returns) before this batcher shut down.
+
+        An async generator started here is closed by the loop's ``shutdown_asyncgens``, which
+        ``asyncio.run`` (and most runners) call as the loop ends: no task, no cost per job.
+        """
+
+        async def sentinel() -> Any:
+            try:
+                yield
+            finally:
+                self._loop_ended()
+
+        self._sentinel = sentinel()
+        try:
+            self._sentinel.asend(None).send(None)  # runs to the yield: the loop now tracks it
+        except StopIteration:
+            pass
+
+    def _loop_ended(self) -> None:
+        if self._state is not State.RUNNING:
+            return
+        unfinished = self._pending.count
+        if unfinished:
+            warnings.warn(
+                f"the event loop ended with {unfinished} accepted jobs of {type(self).__name__} never "
+                "finished: await mb.shutdown() before the loop ends (or use `async with`, or a web "
+                "framework's lifespan)",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+
     def _check_loop(self) -> None:
         """Start on the running loop; refuse another thread or another loop, saying what to do."""
         running = _get_running_loop()
@@ -160,6 +195,9 @@ class AsyncMicroBatching(BatcherBase):
             self._pending.close()  # blocked submitters learn of the shutdown
         await self._engine.drain(timeout, cancel)
         self._state = State.CLOSED
+        sentinel, self._sentinel = self._sentinel, None
+        if sentinel is not None:
+            await sentinel.aclose()
 
     def stats(self) -> Stats:
         """A snapshot of the counters."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable
 from typing import Any
@@ -9,7 +10,14 @@ from typing import Any
 from ._engine import Engine, Pending
 from ._events import EventEmitter
 from ._job import Job
-from ._options import DEFAULT_BATCH_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_RETRY, Options, check_processor_slot
+from ._options import (
+    DEFAULT_BATCH_INTERVAL,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_RETRY,
+    Options,
+    check_option_names,
+    check_processor_slot,
+)
 from ._retry import RetryPolicy
 from ._stats import Stats
 from .adapters import make_adapter
@@ -50,8 +58,10 @@ class BatcherBase(EventEmitter):
         max_concurrent_batches: int = 1,
         max_pending: int | None = None,
         batch_timeout: float | None = None,
+        **unknown: Any,
     ) -> None:
         super().__init__()
+        check_option_names(type(self).__name__, unknown)
         check_processor_slot(type(self).__name__, queue, processor)
         self.options = Options(
             batch_size=batch_size,
@@ -113,6 +123,36 @@ class BatcherBase(EventEmitter):
     def state(self) -> State:
         """Where the batcher is in its lifecycle."""
         return self._state
+
+    # -- changing the limits while running ---------------------------------------------------
+
+    @property
+    def batch_size(self) -> int:
+        """Jobs per batch at most; assign to change it from now on (a larger open batch leaves at once)."""
+        return self.options.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self.options = dataclasses.replace(self.options, batch_size=value)  # checked as at construction
+        self._on_loop(lambda: self._engine.resize(batch_size=value))
+
+    @property
+    def batch_interval(self) -> float:
+        """Seconds a partial batch waits; assign to change it for batches opened from now on."""
+        return self.options.batch_interval
+
+    @batch_interval.setter
+    def batch_interval(self, value: float) -> None:
+        self.options = dataclasses.replace(self.options, batch_interval=value)
+        self._on_loop(lambda: self._engine.resize(batch_interval=value))
+
+    def flush(self) -> None:
+        """Dispatch the partial batch now, without shutting down (later jobs batch as usual)."""
+        self._on_loop(self._engine.flush)
+
+    def _on_loop(self, call: Callable[[], None]) -> None:
+        """Run ``call`` where the engine runs (each batcher knows its loop)."""
+        call()
 
     # -- admission ----------------------------------------------------------------------------
 

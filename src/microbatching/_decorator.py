@@ -13,7 +13,7 @@ from typing import Any, Generic, Protocol, TypeVar, overload
 from ._async import AsyncMicroBatching
 from ._engine.processor import is_async_callable, resolve_processor
 from ._job import Job
-from ._options import Options
+from ._options import Options, check_option_names
 from ._retry import RetryPolicy
 from ._sync import MicroBatching
 
@@ -99,6 +99,7 @@ def batch(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     would.
     """
     options.setdefault("retry", None)
+    check_option_names("batch", options)
     Options(**options)  # the options are checked now, not at the first call
     return _Decorator(options) if func is None else _decorate(func, options)
 

@@ -20,6 +20,7 @@ logger = logging.getLogger("microbatching")
 # built the first time someone reads it, so the hot path never pays for it.
 _ID_PREFIX = f"{secrets.token_hex(4)}-{os.getpid()}-"
 _id_counter = itertools.count(1)
+_NO_DATA: Any = object()  # Job(id) without data is refused: a job's data is what it is for
 
 
 class Job(Generic[T]):
@@ -39,7 +40,14 @@ class Job(Generic[T]):
     _ready_at: float
     _submitted_at: float
 
-    def __init__(self, id: Any = None, data: T = None) -> None:  # type: ignore[assignment]
+    def __init__(self, id: Any = None, data: T = _NO_DATA) -> None:
+        if data is _NO_DATA:
+            if id is not None:  # Job("hello") would make "hello" the id and process None
+                raise TypeError(
+                    f"Job({id!r}) gives only an id: pass the data too, Job(id, data), or Job(data={id!r}) "
+                    "for a job with a generated id (Job(id, None) for one without data)"
+                )
+            data = None  # type: ignore[assignment]
         self._id = id
         self.data = data
         self.attempts = 0

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ._retry import RetryPolicy
@@ -15,6 +16,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_RETRY",
     "Options",
+    "check_option_names",
     "check_processor_slot",
 ]
 
@@ -67,6 +69,18 @@ class Options:
             raise TypeError("weight= has no effect without max_batch_weight=")
         if self.retry is not None and not isinstance(self.retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {self.retry!r}")
+
+
+def check_option_names(owner: str, given: Iterable[str]) -> None:
+    """A clear error for option names that are not options, with the closest one offered."""
+    known = [f.name for f in fields(Options)]
+    unknown = [name for name in given if name not in known]
+    if not unknown:
+        return
+    name = unknown[0]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise TypeError(f"{owner}() got an unknown option {name!r}{hint} (the options are: {', '.join(known)})")
 
 
 def check_processor_slot(batcher: str, queue: object, processor: object) -> None:

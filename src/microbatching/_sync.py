@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future
 from time import monotonic as _monotonic  # a module global: the fastest lookup per submit
 from types import TracebackType
@@ -209,6 +210,29 @@ class MicroBatching(BatcherBase):
             self._engine.inbox.settle_leftovers()  # submits that raced the loop's stop
             self._state = State.CLOSED
             _exit_hooks.discard(self)
+
+    def _on_loop(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on the loop thread and wait for it (directly, before start or after shutdown)."""
+        thread = getattr(self, "_thread", None)
+        if thread is None or thread is threading.current_thread() or not thread.is_alive():
+            call()
+            return
+        done: Future[None] = Future()
+
+        def run() -> None:
+            try:
+                call()
+            except BaseException as exc:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+        try:
+            self._loop.call_soon_threadsafe(run)
+        except RuntimeError:  # the loop closed meanwhile
+            call()
+            return
+        self._wait_while_the_loop_runs(done)
 
     def stats(self) -> Stats:
         """A consistent snapshot of the counters, taken on the loop thread."""

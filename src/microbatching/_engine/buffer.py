@@ -71,7 +71,7 @@ class Buffer:
         self._ready: deque[Batch] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self.draining = False
-        self.triggers = {"size": 0, "time": 0, "weight": 0, "shutdown": 0}
+        self.triggers = {"size": 0, "time": 0, "weight": 0, "flush": 0, "shutdown": 0}
         #: The job_added handlers, kept up to date by the batcher (empty: nobody listens).
         self.announce: Callable[[Job[Any]], None] | None = None
         #: Where admitted jobs go when not straight into the open batch (a queue's adapter,
@@ -190,6 +190,30 @@ class Buffer:
             return None
         self.triggers[batch.trigger] += 1
         return batch
+
+    def flush_now(self) -> None:
+        """``flush()``: the open batch is due now (later ones fill and leave as usual)."""
+        if self._open.jobs and not self._open.due:
+            self._open.due = "flush"
+            self._on_ready()
+
+    def resize(self, batch_size: int | None, interval: float | None) -> None:
+        """New limits from now on: an open batch already that large leaves at once, split to fit."""
+        if interval is not None:
+            self._interval = interval  # batches opened from now on
+        if batch_size is None:
+            return
+        self._limit = batch_size
+        jobs = self._open.jobs
+        while len(jobs) >= batch_size:
+            head, jobs = jobs[:batch_size], jobs[batch_size:]
+            self._open.jobs = head
+            self._close("size")
+            self._open.jobs = jobs
+            if jobs:
+                self._open.opened_at = jobs[0]._ready_at
+        if jobs and self._timer is None and not self._open.due:
+            self._opened(jobs[0])
 
     def flush(self) -> None:
         """Shutdown began: the open batch is due now, and so is every later one."""

@@ -212,6 +212,15 @@ class Engine:
                 self.outcomes.fail_for_good(job, error)
         batch.settled = True
 
+    def flush(self) -> None:
+        """Dispatch the open batch now, without waiting for it to fill or for its interval (loop thread)."""
+        if not self.buffer.draining:
+            self.buffer.flush_now()
+
+    def resize(self, batch_size: int | None = None, batch_interval: float | None = None) -> None:
+        """Change ``batch_size`` and ``batch_interval`` from now on (loop thread)."""
+        self.buffer.resize(batch_size, batch_interval)
+
     def is_processing_here(self) -> bool:
         """Whether the caller runs inside this engine's processor (where shutdown would deadlock)."""
         return self.runner.is_processing_here()
