@@ -8,6 +8,8 @@ import concurrent.futures
 import concurrent.futures.thread  # its exit hook must be registered before ours (see the end)
 import logging
 import os
+import signal
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -281,11 +283,35 @@ _started: weakref.WeakSet[MicroBatching] = weakref.WeakSet()
 
 
 def _drain_at_exit() -> None:
-    for batcher in list(_exit_hooks):
+    batchers = list(_exit_hooks)
+    unfinished = sum(batcher._pending.count for batcher in batchers)
+    if unfinished:
+        _say_draining(unfinished)
+    for batcher in batchers:
         try:
             batcher.shutdown()
         except Exception:  # one batcher's failure must not leave the others undrained
             logger.exception("draining %r at exit failed", batcher)
+
+
+def _say_draining(unfinished: int) -> None:
+    """At exit with jobs unfinished: let a (further) Ctrl-C stop at once, and say so."""
+    if threading.current_thread() is threading.main_thread():
+
+        def stop_at_once(signum: int, frame: object) -> None:
+            sys.stderr.write("\nmicrobatching: stopped at once; unfinished jobs were not processed\n")
+            sys.stderr.flush()
+            os._exit(130)
+
+        try:
+            signal.signal(signal.SIGINT, stop_at_once)
+        except ValueError:  # not the main thread of the main interpreter
+            pass
+    sys.stderr.write(
+        f"microbatching: finishing {unfinished} accepted job{'s' if unfinished != 1 else ''} before exit "
+        "(Ctrl-C to stop at once: unfinished jobs are then lost)\n"
+    )
+    sys.stderr.flush()
 
 
 def _after_fork_in_child() -> None:
