@@ -93,7 +93,8 @@ class RedisQueue(ClaimQueue):
         create: bool = True,
     ) -> None:
         client_url, own_query = _split_url(url)
-        given = {"serializer": serializer, "lease": lease, "name": name, "reconnect_timeout": reconnect_timeout}
+        given = {"serializer": serializer, "lease": lease, "name": name,
+                 "reconnect_timeout": reconnect_timeout}  # fmt: skip
         options = resolve_options(f"?{own_query}" if own_query else "", _OPTIONS, given)
         super().__init__(
             serializer=options["serializer"],
@@ -138,8 +139,8 @@ class RedisQueue(ClaimQueue):
     def _connection(self) -> redis.asyncio.Redis:
         if self._redis is None:
             # Named after the consumer, so CLIENT LIST shows which worker each connection is.
-            named = {} if "client_name=" in self._client_url else {"client_name": self._consumer}
-            client = redis.asyncio.Redis.from_url(self._client_url, decode_responses=False, **named)
+            name = None if "client_name=" in self._client_url else self._consumer
+            client = redis.asyncio.Redis.from_url(self._client_url, decode_responses=False, client_name=name)
             self._scripts = {name: client.register_script(text) for name, text in SCRIPTS.items()}
             self._redis = client
         return self._redis
@@ -232,7 +233,8 @@ class RedisQueue(ClaimQueue):
     async def _claim(self, limit: int, lease: float, max_attempts: int | None, wait: float) -> list[Claimed]:
         deadline = time.monotonic() + wait
         while True:
-            args = (GROUP, self._consumer, limit, _ms(lease), max_attempts or 0, _WORKER_LOST, self._sweep_due())
+            sweep = self._sweep_due()
+            args = (GROUP, self._consumer, limit, _ms(lease), max_attempts or 0, _WORKER_LOST, sweep)
             rows, last_id, next_due = await self._script("claim", args)
             left = deadline - time.monotonic()
             if rows or left <= 0:
@@ -254,13 +256,17 @@ class RedisQueue(ClaimQueue):
         """
         limit = _MAX_BLOCK if self._socket_timeout is None else min(_MAX_BLOCK, self._socket_timeout / 2)
         block = max(1, _ms(min(seconds, limit)))
-        await self._reconnecting(lambda: self._connection().xread({self._keys[0]: last_id}, count=1, block=block))
+        stream: dict[Any, Any] = {self._keys[0]: last_id}
+        await self._reconnecting(lambda: self._connection().xread(stream, count=1, block=block))
 
     def _claimed(self, row: list[Any]) -> Claimed:
         entry_id, deliveries, key, job_id, payload, attempts, recovered = row
+        # Every claim of an entry raises its delivery count: with the consumer, it names this claim.
         token = f"{deliveries}:{self._consumer}"
-        lease = Lease(key.decode(), token, attempts + deliveries, recovered + deliveries - 1, entry_id.decode())
-        return Claimed(lease, job_id, payload)
+        earlier = recovered + deliveries - 1  # this entry's earlier deliveries all ran out
+        return Claimed(
+            Lease(key.decode(), token, attempts + deliveries, earlier, entry_id.decode()), job_id, payload
+        )
 
     async def _ack(self, leases: list[Lease]) -> int:
         args: list[Any] = [GROUP]
@@ -318,13 +324,13 @@ class RedisQueue(ClaimQueue):
         total = 0
         while True:  # 500 per script, so a large dead-letter stream never holds the server long
             moved, looked_at = await self._script("requeue_dead", ["all"])
-            total += moved
+            total += int(moved)
             if looked_at < 500:
                 return total
 
     async def _purge_dead(self, keys: list[str] | None) -> int:
-        purged: int = await self._script("purge_dead", ["all"] if keys is None else ["ids", *keys])
-        return purged
+        purged = await self._script("purge_dead", ["all"] if keys is None else ["ids", *keys])
+        return int(purged)
 
     async def _drop(self) -> None:
         await self._reconnecting(lambda: self._connection().delete(*self._keys))
@@ -336,7 +342,8 @@ class RedisQueue(ClaimQueue):
             return
         try:
             if self._ready:  # leave the group if holding nothing; never wait long for it
-                await asyncio.wait_for(self._scripts["leave"](keys=self._keys, args=[GROUP, self._consumer]), 2.0)
+                leave = self._scripts["leave"](keys=self._keys, args=[GROUP, self._consumer])
+                await asyncio.wait_for(leave, 2.0)
         except (redis.exceptions.RedisError, asyncio.TimeoutError, OSError):
             pass
         finally:
@@ -366,7 +373,7 @@ def _split_url(url: str) -> tuple[str, str]:
 
 
 def _socket_timeout(client_url: str) -> float | None:
-    timeout = parse_url(client_url).get("socket_timeout")
+    timeout: Any = parse_url(client_url).get("socket_timeout")
     return None if timeout is None else float(timeout)
 
 
