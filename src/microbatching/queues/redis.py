@@ -48,6 +48,7 @@ _SWEEP_EVERY = 60.0  # seconds between sweeps of consumers that vanished holding
 # The dead-letter error of a job whose lease ran out on its last attempt, as a Lua format.
 _WORKER_LOST = worker_lost(1234567).replace("%", "%%").replace("1234567", "%d")
 _DISCONNECTED = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+_REFUSED = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
 
 
 class RedisQueue(ClaimQueue):
@@ -188,6 +189,8 @@ class RedisQueue(ClaimQueue):
             try:
                 result = await operation()
             except _DISCONNECTED as exc:
+                if isinstance(exc, _REFUSED):
+                    raise  # a wrong password does not get better by retrying
                 now = time.monotonic()
                 first_failure = now if first_failure is None else first_failure
                 self._lost(exc)
