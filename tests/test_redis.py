@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -731,3 +732,17 @@ def _produce(queue_url: str, ids: range, stored: list[int]) -> None:
             await queue.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(300)
+def test_the_quick_redis_benchmark_runs_and_checks_every_result(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    benchmarks = Path(__file__).resolve().parent.parent / "benchmarks"
+    proc = subprocess.run(
+        [sys.executable, str(benchmarks / "run.py"), "--quick", "--only", "redis", "--json", str(out)],
+        capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())["results"]
+    assert {"microbatching", "raw redis-py"} <= set(results["redis"]["impls"])
+    assert set(results["redis/1"]["impls"]) == {"1 worker", "2 workers", "4 workers"}
