@@ -539,12 +539,12 @@ def test_dropped_connections_mid_run_lose_nothing_and_ack_nothing_twice(
             await asyncio.sleep(0.002)
             return [None] * len(batch)
 
-        queue: Any = open_queue(url, lease=2.0)
+        queue: Any = open_queue(url, lease=1.0)
         kills = 0
         async with AsyncMicroBatching(queue, process, batch_size=50, batch_interval=0.005):
             async for admin in _raw():
                 while len(seen) < jobs:
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.1)
                     for client in await admin.client_list():
                         if client["name"] == queue.consumer:
                             await admin.client_kill_filter(_id=client["id"])

@@ -260,7 +260,15 @@ class RedisQueue(ClaimQueue):
         limit = _MAX_BLOCK if self._socket_timeout is None else min(_MAX_BLOCK, self._socket_timeout / 2)
         block = max(1, _ms(min(seconds, limit)))
         stream: dict[Any, Any] = {self._keys[0]: last_id}
-        await self._reconnecting(lambda: self._connection().xread(stream, count=1, block=block))
+        try:
+            await self._connection().xread(stream, count=1, block=block)
+        except _DISCONNECTED as exc:
+            # Not retried here: the claim that follows reconnects (with backoff) and finds
+            # what became ready meanwhile, leases that ran out included.
+            if isinstance(exc, _REFUSED):
+                raise
+            self._lost(exc)
+            await asyncio.sleep(0.05)
 
     def _claimed(self, row: list[Any]) -> Claimed:
         entry_id, deliveries, key, job_id, payload, attempts, recovered = row
