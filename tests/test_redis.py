@@ -98,10 +98,15 @@ def _messages(queue: Any, ids: range) -> list[Any]:
 
 
 def test_the_url_carries_the_queue_options_and_the_clients() -> None:
-    queue: Any = open_queue("redis://127.0.0.1:6379/3?name=emails&lease=12.5&socket_timeout=7")
+    queue: Any = open_queue(
+        "redis://127.0.0.1:6379/3?name=emails&lease=12.5&serializer=json&socket_timeout=7"
+    )
     assert (queue.name, queue.lease, queue.serializer.name) == ("emails", 12.5, "json")
     assert queue._client_url == "redis://127.0.0.1:6379/3?socket_timeout=7"
     assert open_queue("rediss://example.invalid:6380/0").url.startswith("rediss://")
+    queue.lease = 3.0
+    clone = queue._clone()  # the handle put() opens: the same queue, the options as they are now
+    assert (clone.url, clone.name, clone.lease) == (queue.url, "emails", 3.0)
     with pytest.raises(ValueError, match="unknown option 'colour'"):
         open_queue("redis://127.0.0.1/0?colour=blue")
     with pytest.raises(ValueError, match="given both in the URL"):

@@ -130,10 +130,14 @@ class RedisQueue(ClaimQueue):
         return self._consumer
 
     def _clone(self) -> RedisQueue:
-        return RedisQueue(
-            self.url, serializer=self.serializer, max_payload_bytes=self.max_payload_bytes, lease=self.lease,
-            name=self.name, reconnect_timeout=self.reconnect_timeout, create=self.create,
+        # From the URL without the queue's options, which are passed as they are now (the
+        # lease may have been changed since), so nothing is given both ways.
+        clone = RedisQueue(
+            self._client_url, serializer=self.serializer, max_payload_bytes=self.max_payload_bytes,
+            lease=self.lease, name=self.name, reconnect_timeout=self.reconnect_timeout, create=self.create,
         )  # fmt: skip
+        clone.url = self.url
+        return clone
 
     # -- plumbing ---------------------------------------------------------------------------
 
