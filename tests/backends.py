@@ -47,6 +47,26 @@ class Backend:
             service_available(*self.service)
 
 
+async def _kill_redis_clients(queue: Any) -> None:
+    """Kill every connection of ``queue`` on the Redis server (they are named after its consumer)."""
+    import redis.asyncio
+
+    admin = redis.asyncio.Redis(host="127.0.0.1", port=6379)
+    try:
+        for client in await admin.client_list():
+            if client["name"] == queue.consumer:
+                await admin.client_kill_filter(_id=client["id"])
+    finally:
+        await admin.aclose()
+
+
 BACKENDS: list[Backend] = [
     Backend("sqlite", lambda name, tmp: f"sqlite:///{tmp}/{name}.db"),
+    Backend(
+        "redis",
+        lambda name, tmp: f"redis://127.0.0.1:6379/0?name={name}",
+        service=("127.0.0.1", 6379, "Redis"),
+        client="redis",
+        break_connection=_kill_redis_clients,
+    ),
 ]

@@ -129,5 +129,6 @@ def test_choosing_settings_opens_with_the_tuning_curve() -> None:
 
 def test_every_page_is_in_the_nav() -> None:
     config = (ROOT / "mkdocs.yml").read_text()
-    for page in sorted((ROOT / "docs").glob("*.md")):
-        assert f": {page.name}" in config, f"{page.name} is not in mkdocs.yml's nav"
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        path = page.relative_to(ROOT / "docs").as_posix()
+        assert f": {path}" in config, f"{path} is not in mkdocs.yml's nav"

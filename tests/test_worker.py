@@ -117,7 +117,7 @@ def test_worker_usage_errors_exit_2(workdir: Path, spec: str, message: str) -> N
 
 
 def test_bad_queue_url_exits_2_without_leaking_the_password(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli("stats", "--queue", "redis://user:s3cret@host:6379/0") == 2
+    assert cli("stats", "--queue", "kafka://user:s3cret@host:9092/0") == 2
     err = capsys.readouterr().err
     assert "unsupported queue URL" in err and "s3cret" not in err
     assert redact("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
