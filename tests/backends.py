@@ -7,8 +7,10 @@ fault tests are parametrized over ``BACKENDS``, so a new queue is one entry here
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,28 @@ class Backend:
             service_available(*self.service)
 
 
+async def cut_tcp_from_server(local: tuple[str, int] | None, server_port: int) -> None:
+    """Destroy the server's end of the client's TCP connection (``ss -K``): the server drops the client."""
+    if local is None:
+        raise RuntimeError("the queue has no open connection to cut")
+    host, port = local[0], local[1]
+    filters = ["src", f"{host}:{server_port}", "dst", f"{host}:{port}"]
+    await asyncio.to_thread(subprocess.run, ["ss", "-K", *filters], capture_output=True, check=True)
+
+
+async def _nats_break(queue: Any) -> None:
+    await queue._wire.connect()
+    await cut_tcp_from_server(queue._wire.local_address(), 4222)
+
+
 BACKENDS: list[Backend] = [
     Backend("sqlite", lambda name, tmp: f"sqlite:///{tmp}/{name}.db"),
+    Backend(
+        "nats",
+        lambda name, tmp: f"nats://127.0.0.1:4222?stream={name}&lease=1",
+        service=("127.0.0.1", 4222, "NATS"),
+        client="nats",
+        break_connection=_nats_break,
+        lease=1.0,
+    ),
 ]

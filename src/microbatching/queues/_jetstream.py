@@ -1,0 +1,337 @@
+"""JetStream over nats-py's core client: API requests, pipelined publishes, pull requests.
+
+One :class:`Wire` is one connection.  Everything is bulk: ``publish_all`` sends every
+message with its own reply subject and waits for all the acknowledgements together (one
+round trip for any number of messages); ``pull`` asks a pull consumer for a batch;
+``send`` publishes many acknowledgements and confirms them with a single PING/PONG.
+Replies arrive on one wildcard inbox per connection and are routed by their subject.
+
+The connection reconnects by itself with exponential backoff and never buffers writes
+while it is down (``pending_size=0``): an acknowledgement written during an outage would
+reach the server after the lease it answers, so callers wait for the connection instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+__all__ = ["BrokerError", "Delivery", "Wire"]
+
+logger = logging.getLogger("microbatching")
+
+_FIRST_BACKOFF = 0.05
+_LAST_BACKOFF = 2.0
+_STATUS = "Status"
+
+
+class BrokerError(Exception):
+    """JetStream answered an API request or a publish with an error."""
+
+    def __init__(self, what: str, error: dict[str, Any]) -> None:
+        self.code = int(error.get("code", 0))
+        self.err_code = int(error.get("err_code", 0))
+        super().__init__(f"{what}: {error.get('description', error)} (code {self.code}/{self.err_code})")
+
+
+@dataclass
+class Delivery:
+    """A message a pull consumer delivered, and when it arrived (monotonic seconds)."""
+
+    msg: Msg
+    arrived: float
+
+
+@dataclass
+class _Pull:
+    limit: int
+    got: list[Delivery] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class _Publishes:
+    results: list[Any]
+    left: int
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Wire:
+    """A connection to NATS for one queue handle (see the module docstring)."""
+
+    def __init__(self, server: str, label: str, timeout: float, connect_options: dict[str, Any]) -> None:
+        self.label = label  # how the queue names itself in log lines (credentials redacted)
+        self.timeout = timeout
+        self._server = server
+        self._options = connect_options
+        self._nc: Client | None = None
+        self._connecting = asyncio.Lock()
+        self._inbox = ""
+        self._ids = itertools.count()
+        self._pulls: dict[str, _Pull] = {}  # open pull requests by reply token
+        self._active: dict[str, _Pull] = {}  # the open pull request of each consumer
+        self._publishes: dict[str, _Publishes] = {}
+        #: Deliveries that arrived after their pull request stopped waiting, per consumer.
+        self.orphans: dict[str, list[Delivery]] = {}
+        #: When the last pull request that waits on the server expires there (monotonic).
+        self.lingering_until = 0.0
+        self._failures = 0
+        self._down_since: float | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+
+    async def connect(self) -> Client:
+        """The connected client (connecting on first use; a failure raises a client error)."""
+        if self._nc is not None:
+            return self._nc
+        async with self._connecting:  # concurrent first uses share one connection
+            if self._nc is None:
+                self._nc = await self._connect_new()
+        return self._nc
+
+    async def _connect_new(self) -> Client:
+        nc = Client()
+        try:
+            await asyncio.wait_for(self._connect(nc), self.timeout)
+        except BaseException:
+            await nc.close()
+            raise
+        self._inbox = nc.new_inbox()
+        await nc.subscribe(f"{self._inbox}.>", cb=self._on_reply)
+        return nc
+
+    async def _connect(self, nc: Client) -> None:
+        await nc.connect(
+            servers=[self._server],
+            name="microbatching",
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            max_reconnect_attempts=-1,
+            reconnect_to_server_handler=self._next_server,
+            connect_timeout=max(1, round(self.timeout)),
+            ping_interval=10,
+            max_outstanding_pings=3,
+            pending_size=0,
+            **self._options,
+        )
+
+    def _next_server(self, servers: list[Any], info: dict[str, Any]) -> tuple[Any, float]:
+        """Reconnect with exponential backoff: 0, 50 ms, 100 ms, ... capped at 2 s."""
+        delay = 0.0 if self._failures == 0 else min(_FIRST_BACKOFF * 2 ** (self._failures - 1), _LAST_BACKOFF)
+        self._failures += 1
+        return servers[self._failures % len(servers)], delay
+
+    async def _on_error(self, error: Exception) -> None:
+        if self._down_since is None:
+            logger.warning("%s: NATS client error: %s", self.label, error)
+        else:
+            logger.debug("%s: reconnect attempt failed: %s", self.label, error)
+
+    async def _on_disconnected(self) -> None:
+        if self._nc is not None and not self._nc.is_closed and self._down_since is None:
+            self._down_since = time.monotonic()
+            logger.warning("%s: lost the connection to NATS; reconnecting", self.label)
+
+    async def _on_reconnected(self) -> None:
+        down = 0.0 if self._down_since is None else time.monotonic() - self._down_since
+        self._down_since = None
+        self._failures = 0
+        logger.warning("%s: reconnected to NATS after %.1f s", self.label, down)
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def until_connected(self, timeout: float) -> Client:
+        """The client once it is connected, waiting up to ``timeout`` seconds for a reconnect."""
+        nc = await self.connect()
+        deadline = time.monotonic() + timeout
+        while not nc.is_connected:
+            if nc.is_closed:
+                raise nats.errors.ConnectionClosedError
+            if time.monotonic() >= deadline:
+                raise nats.errors.ConnectionReconnectingError
+            await asyncio.sleep(0.02)
+        return nc
+
+    def local_address(self) -> tuple[str, int] | None:
+        """The client end of the TCP connection (tests cut it from the server side)."""
+        transport = getattr(self._nc, "_transport", None)
+        writer = getattr(transport, "_io_writer", None)
+        address: tuple[str, int] | None = None if writer is None else writer.get_extra_info("sockname")
+        return address
+
+    async def close(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            try:
+                await nc.close()
+            except Exception as exc:  # closing must not fail shutdown
+                logger.debug("%s: closing the NATS connection: %s", self.label, exc)
+
+    # -- replies ---------------------------------------------------------------------------------
+
+    async def _on_reply(self, msg: Msg) -> None:
+        # A delivery keeps its stream subject: it belongs to the pull request its consumer has
+        # open here.  Statuses come on <inbox>.p.<n> (pull request n); <inbox>.a.<batch>.<i>
+        # acknowledges a publish.
+        if msg.reply.startswith("$JS.ACK."):
+            self._on_delivery(msg)
+            return
+        token = msg.subject[len(self._inbox) + 1 :]
+        if token.startswith("p."):
+            pull = self._pulls.get(token)
+            if pull is not None:
+                pull.done.set()
+            status = (msg.headers or {}).get(_STATUS, "")
+            if status not in ("404", "408"):
+                logger.debug("%s: pull request ended with status %s %s", self.label, status, msg.headers)
+        elif token.startswith("a."):
+            batch, _, index = token[2:].partition(".")
+            publishes = self._publishes.get(batch)
+            if publishes is not None and publishes.results[int(index)] is None:
+                publishes.results[int(index)] = _pub_ack(msg)
+                publishes.left -= 1
+                if publishes.left == 0:
+                    publishes.done.set()
+
+    def _on_delivery(self, msg: Msg) -> None:
+        delivery = Delivery(msg, time.monotonic())
+        consumer = msg.metadata.consumer
+        pull = self._active.get(consumer)
+        if pull is None or pull.done.is_set():
+            self.orphans.setdefault(consumer, []).append(delivery)
+            return
+        pull.got.append(delivery)
+        if len(pull.got) >= pull.limit:
+            pull.done.set()
+
+    # -- operations ------------------------------------------------------------------------------
+
+    async def api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A JetStream API request (``$JS.API.`` + ``subject``); an error answer raises BrokerError."""
+        nc = await self.until_connected(self.timeout)
+        payload = b"" if body is None else json.dumps(body).encode()
+        reply = await nc.request(f"$JS.API.{subject}", payload, timeout=self.timeout)
+        answer: dict[str, Any] = json.loads(reply.data)
+        if "error" in answer:
+            raise BrokerError(subject, answer["error"])
+        return answer
+
+    async def api_many(self, requests: Sequence[tuple[str, dict[str, Any] | None]]) -> list[Any]:
+        """Several API requests at once; each answer, or its BrokerError (not raised)."""
+        answers: list[Any] = await asyncio.gather(
+            *(self.api(subject, body) for subject, body in requests), return_exceptions=True
+        )
+        return answers
+
+    async def publish_all(
+        self, messages: Sequence[tuple[str, bytes, dict[str, str]]]
+    ) -> list[dict[str, Any]]:
+        """Store ``(subject, body, headers)`` messages in JetStream; their PubAcks, in order.
+
+        Every message goes out before any acknowledgement is awaited: one round trip.
+        """
+        if not messages:
+            return []
+        nc = await self.until_connected(self.timeout)
+        batch = str(next(self._ids))
+        publishes = _Publishes([None] * len(messages), len(messages))
+        self._publishes[batch] = publishes
+        prefix = f"{self._inbox}.a.{batch}."
+        try:
+            for index, (subject, body, headers) in enumerate(messages):
+                await nc.publish(subject, body, reply=f"{prefix}{index}", headers=headers)
+            await asyncio.wait_for(publishes.done.wait(), self.timeout)
+        finally:
+            del self._publishes[batch]
+        for ack in publishes.results:
+            if "error" in ack:
+                raise BrokerError("publish", ack["error"])
+        return publishes.results
+
+    async def pull(self, stream: str, consumer: str, limit: int, wait: float) -> list[Delivery]:
+        """Up to ``limit`` deliveries from a pull consumer, waiting up to ``wait`` s for the first.
+
+        Deliveries that arrived after an earlier request stopped waiting come first.  A
+        waiting request asks for one message (so nothing arrives after it is answered),
+        then the rest are asked for without waiting.
+        """
+        got = self.orphans.pop(consumer, [])[:limit]
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        if len(got) < limit:
+            got += await self._request(consumer, subject, {"batch": limit - len(got), "no_wait": True}, 0.0)
+        if got or wait <= 0:
+            return got
+        first = await self._request(consumer, subject, {"batch": 1, "expires": int(wait * 1e9)}, wait)
+        if first and limit > 1:
+            first += await self._request(consumer, subject, {"batch": limit - 1, "no_wait": True}, 0.0)
+        return first
+
+    async def _request(
+        self, consumer: str, subject: str, body: dict[str, Any], wait: float
+    ) -> list[Delivery]:
+        """One pull request; the caller has no other request open on ``consumer``."""
+        nc = await self.until_connected(self.timeout)
+        token = f"p.{next(self._ids)}"
+        pull = _Pull(body["batch"])
+        self._pulls[token] = pull
+        self._active[consumer] = pull
+        if wait:
+            self.lingering_until = max(self.lingering_until, time.monotonic() + wait)
+        try:
+            await nc.publish(subject, json.dumps(body).encode(), reply=f"{self._inbox}.{token}")
+            await asyncio.wait_for(pull.done.wait(), wait + self.timeout)
+        except asyncio.TimeoutError:
+            pass  # the server never answered: keep what came; later arrivals are orphans
+        finally:
+            pull.done.set()
+            del self._pulls[token]
+            if self._active.get(consumer) is pull:
+                del self._active[consumer]
+        return pull.got
+
+    async def send(self, subjects: Sequence[str], payloads: Sequence[bytes], wait: float) -> None:
+        """Publish each payload to its subject (acks, NAKs, progress), then confirm with one PING.
+
+        Waits up to ``wait`` seconds for a connection that is down to come back.
+        """
+        nc = await self.until_connected(wait)
+        for subject, payload in zip(subjects, payloads, strict=True):
+            await nc.publish(subject, payload)
+        await nc.flush(timeout=max(1, round(self.timeout)))
+
+
+def _pub_ack(msg: Msg) -> dict[str, Any]:
+    status = (msg.headers or {}).get(_STATUS)
+    if status == "503":
+        return {"error": {"code": 503, "description": "no stream stores this subject (no responders)"}}
+    if status:
+        return {"error": {"code": int(status), "description": (msg.headers or {}).get("Description", "")}}
+    answer: dict[str, Any] = json.loads(msg.data)
+    return answer
+
+
+def tls_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
+    """A client TLS context trusting ``ca`` (or the system's), with a client certificate if given."""
+    context = ssl.create_default_context(cafile=ca or None)
+    if cert:
+        context.load_cert_chain(cert, key or None)
+    return context
+
+
+def client_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a broker operation may raise that mean "the broker or the link failed"."""
+    return (nats.errors.Error, BrokerError, OSError, asyncio.TimeoutError)
