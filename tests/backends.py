@@ -37,6 +37,9 @@ class Backend:
     lease: float = 0.4
     #: whether a consumer's jobs come back when its connection closes rather than after a lease
     vanish_by_closing: bool = False
+    #: whether the lease is a setting of the queue (a broker's per-consumer timeout), not of each
+    #: claim: the conformance suite then opens the queue with ``lease=<lease>``
+    lease_is_the_queues: bool = False
 
     def check_available(self) -> None:
         """Skip (or fail, when services are required) unless the client and the service are here."""
@@ -67,10 +70,11 @@ BACKENDS: list[Backend] = [
     Backend("sqlite", lambda name, tmp: f"sqlite:///{tmp}/{name}.db"),
     Backend(
         "nats",
-        lambda name, tmp: f"nats://127.0.0.1:4222?stream={name}&lease=1",
+        lambda name, tmp: f"nats://127.0.0.1:4222?stream={name}",
         service=("127.0.0.1", 4222, "NATS"),
         client="nats",
         break_connection=_nats_break,
         lease=1.0,
+        lease_is_the_queues=True,
     ),
 ]
