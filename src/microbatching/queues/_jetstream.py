@@ -64,6 +64,7 @@ class _Pull:
 class _Publishes:
     results: list[Any]
     left: int
+    parse: Any  # reply message -> result
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -84,8 +85,8 @@ class Wire:
         self._publishes: dict[str, _Publishes] = {}
         #: Deliveries that arrived after their pull request stopped waiting, per consumer.
         self.orphans: dict[str, list[Delivery]] = {}
-        #: When the last pull request that waits on the server expires there (monotonic).
-        self.lingering_until = 0.0
+        #: When each consumer's last pull request that waits on the server expires there (monotonic).
+        self.lingering_until: dict[str, float] = {}
         self._failures = 0
         self._down_since: float | None = None
 
@@ -202,7 +203,7 @@ class Wire:
             batch, _, index = token[2:].partition(".")
             publishes = self._publishes.get(batch)
             if publishes is not None and publishes.results[int(index)] is None:
-                publishes.results[int(index)] = _pub_ack(msg)
+                publishes.results[int(index)] = publishes.parse(msg)
                 publishes.left -= 1
                 if publishes.left == 0:
                     publishes.done.set()
@@ -244,11 +245,31 @@ class Wire:
 
         Every message goes out before any acknowledgement is awaited: one round trip.
         """
+        nc = await self.until_connected(self.timeout)
+        acks = await self._pipelined(nc, messages, _pub_ack)
+        for ack in acks:
+            if "error" in ack:
+                raise BrokerError("publish", ack["error"])
+        return acks
+
+    async def send(self, subjects: Sequence[str], payloads: Sequence[bytes], wait: float) -> None:
+        """Settle deliveries: publish each payload (``+ACK``, ``-NAK``, ``+TERM``, ``+WPI``) to its
+        reply subject and wait until the consumer confirms every one (one round trip in all).
+
+        A PING/PONG would only say the connection read them: the consumer applies them
+        later, so a ``stats()`` right after could still count the jobs in flight.  Waits up
+        to ``wait`` seconds for a connection that is down to come back.
+        """
+        nc = await self.until_connected(wait)
+        await self._pipelined(nc, [(s, p, None) for s, p in zip(subjects, payloads, strict=True)], _no_error)
+
+    async def _pipelined(
+        self, nc: Client, messages: Sequence[tuple[str, bytes, dict[str, str] | None]], parse: Any
+    ) -> list[dict[str, Any]]:
         if not messages:
             return []
-        nc = await self.until_connected(self.timeout)
         batch = str(next(self._ids))
-        publishes = _Publishes([None] * len(messages), len(messages))
+        publishes = _Publishes([None] * len(messages), len(messages), parse)
         self._publishes[batch] = publishes
         prefix = f"{self._inbox}.a.{batch}."
         try:
@@ -257,9 +278,6 @@ class Wire:
             await asyncio.wait_for(publishes.done.wait(), self.timeout)
         finally:
             del self._publishes[batch]
-        for ack in publishes.results:
-            if "error" in ack:
-                raise BrokerError("publish", ack["error"])
         return publishes.results
 
     async def pull(self, stream: str, consumer: str, limit: int, wait: float) -> list[Delivery]:
@@ -290,7 +308,7 @@ class Wire:
         self._pulls[token] = pull
         self._active[consumer] = pull
         if wait:
-            self.lingering_until = max(self.lingering_until, time.monotonic() + wait)
+            self.lingering_until[consumer] = time.monotonic() + wait
         try:
             await nc.publish(subject, json.dumps(body).encode(), reply=f"{self._inbox}.{token}")
             await asyncio.wait_for(pull.done.wait(), wait + self.timeout)
@@ -303,15 +321,10 @@ class Wire:
                 del self._active[consumer]
         return pull.got
 
-    async def send(self, subjects: Sequence[str], payloads: Sequence[bytes], wait: float) -> None:
-        """Publish each payload to its subject (acks, NAKs, progress), then confirm with one PING.
 
-        Waits up to ``wait`` seconds for a connection that is down to come back.
-        """
-        nc = await self.until_connected(wait)
-        for subject, payload in zip(subjects, payloads, strict=True):
-            await nc.publish(subject, payload)
-        await nc.flush(timeout=max(1, round(self.timeout)))
+def _no_error(msg: Msg) -> dict[str, Any]:
+    status = (msg.headers or {}).get(_STATUS)
+    return {"error": {"code": int(status)}} if status else {}
 
 
 def _pub_ack(msg: Msg) -> dict[str, Any]:

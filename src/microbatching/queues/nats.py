@@ -549,7 +549,9 @@ class NatsQueue(ClaimQueue):
         wire = self._wire
         if not wire.connected:
             return
-        left = wire.lingering_until - time.monotonic()
+        # A delayed job that arrives later just waits out its AckWait; a claimed one would
+        # count as a lease lost, so the claim's request is waited out and given back.
+        left = wire.lingering_until.get(self.names.consumer, 0.0) - time.monotonic()
         if left > 0:
             await asyncio.sleep(min(left + 0.05, _PROMOTE_WAIT + 0.1))
         ready = [c for c in map(self._hold, wire.orphans.pop(self.names.consumer, [])) if c is not None]
