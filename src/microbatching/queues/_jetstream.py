@@ -47,10 +47,26 @@ class BrokerError(Exception):
 
 @dataclass
 class Delivery:
-    """A message a pull consumer delivered, and when it arrived (monotonic seconds)."""
+    """A message a pull consumer delivered: when it arrived (monotonic seconds), and what its
+    reply subject says: the consumer, the broker's delivery count, the stream sequence and
+    the time the message was stored (Unix seconds).
+    """
 
     msg: Msg
     arrived: float
+    consumer: str
+    delivered: int
+    seq: int
+    stored_at: float
+
+
+def _delivery(msg: Msg, arrived: float) -> Delivery:
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>, or
+    # with <domain>.<account hash> after ACK and a random token at the end (newer servers).
+    tokens = msg.reply.split(".")
+    at = 2 if len(tokens) == 9 else 4
+    return Delivery(msg, arrived, tokens[at + 1], int(tokens[at + 2]), int(tokens[at + 3]),
+                    int(tokens[at + 5]) / 1e9)  # fmt: skip
 
 
 @dataclass
@@ -209,11 +225,10 @@ class Wire:
                     publishes.done.set()
 
     def _on_delivery(self, msg: Msg) -> None:
-        delivery = Delivery(msg, time.monotonic())
-        consumer = msg.metadata.consumer
-        pull = self._active.get(consumer)
+        delivery = _delivery(msg, time.monotonic())
+        pull = self._active.get(delivery.consumer)
         if pull is None or pull.done.is_set():
-            self.orphans.setdefault(consumer, []).append(delivery)
+            self.orphans.setdefault(delivery.consumer, []).append(delivery)
             return
         pull.got.append(delivery)
         if len(pull.got) >= pull.limit:
@@ -223,9 +238,19 @@ class Wire:
 
     async def api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """A JetStream API request (``$JS.API.`` + ``subject``); an error answer raises BrokerError."""
-        nc = await self.until_connected(self.timeout)
+        deadline = time.monotonic() + self.timeout
         payload = b"" if body is None else json.dumps(body).encode()
-        reply = await nc.request(f"$JS.API.{subject}", payload, timeout=self.timeout)
+        while True:
+            nc = await self.until_connected(max(0.0, deadline - time.monotonic()))
+            try:
+                reply = await nc.request(f"$JS.API.{subject}", payload, timeout=self.timeout)
+                break
+            except nats.errors.NoRespondersError:
+                # Nothing received the request: JetStream is still starting (after a server
+                # restart, say); asking again cannot do anything twice.
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
         answer: dict[str, Any] = json.loads(reply.data)
         if "error" in answer:
             raise BrokerError(subject, answer["error"])
@@ -253,15 +278,21 @@ class Wire:
         return acks
 
     async def send(self, subjects: Sequence[str], payloads: Sequence[bytes], wait: float) -> None:
-        """Settle deliveries: publish each payload (``+ACK``, ``-NAK``, ``+TERM``, ``+WPI``) to its
-        reply subject and wait until the consumer confirms every one (one round trip in all).
+        """Settle deliveries of one consumer: publish each payload (``+ACK``, ``-NAK``, ``+TERM``,
+        ``+WPI``) to its reply subject, and wait until the consumer confirms the last one.
 
-        A PING/PONG would only say the connection read them: the consumer applies them
-        later, so a ``stats()`` right after could still count the jobs in flight.  Waits up
-        to ``wait`` seconds for a connection that is down to come back.
+        A consumer applies one connection's acknowledgements in order, so the last one's
+        confirmation covers them all: one round trip, one reply.  (A PING/PONG would only
+        say the server read them, not that the consumer applied them: a ``stats()`` right
+        after could still count the jobs in flight.)  Waits up to ``wait`` seconds for a
+        connection that is down to come back.
         """
+        if not subjects:
+            return
         nc = await self.until_connected(wait)
-        await self._pipelined(nc, [(s, p, None) for s, p in zip(subjects, payloads, strict=True)], _no_error)
+        for subject, payload in zip(subjects[:-1], payloads[:-1], strict=True):
+            await nc.publish(subject, payload)
+        await self._pipelined(nc, [(subjects[-1], payloads[-1], None)], _no_error)
 
     async def _pipelined(
         self, nc: Client, messages: Sequence[tuple[str, bytes, dict[str, str] | None]], parse: Any

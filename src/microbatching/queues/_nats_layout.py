@@ -191,11 +191,12 @@ def connect_options(url: str, options: dict[str, Any], tls: ssl.SSLContext | Non
                          ("tls_hostname", "tls_hostname")):  # fmt: skip
         if options[option]:
             connect[name] = options[option]
-    if tls is None and (options["tls_ca"] or options["tls_cert"]):
+    wants_tls = tls is not None or options["tls_ca"] or options["tls_cert"]
+    if wants_tls and not url.startswith("tls://"):
+        raise ValueError(f"{redact(url)!r}: TLS options need a tls:// URL")
+    if tls is None and wants_tls:
         tls = tls_context(options["tls_ca"], options["tls_cert"], options["tls_key"])
     if tls is not None:
-        if not url.startswith("tls://"):
-            raise ValueError(f"{redact(url)!r}: TLS options need a tls:// URL")
         connect["tls"] = tls
     return connect
 

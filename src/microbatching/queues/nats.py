@@ -147,7 +147,7 @@ class NatsQueue(ClaimQueue):
         self._tls = tls
         self._wire = Wire(server_url(url), repr(self), positive("timeout", options["timeout"]),
                           connect_options(url, options, tls))  # fmt: skip
-        self._ack_wait = self.lease
+        self._use_ack_wait(self.lease)
         self._deadlines: dict[str, float] = {}  # lease token -> when its delivery expires (monotonic)
         self._topology_ready = False
         self._topology_lock = asyncio.Lock()
@@ -159,10 +159,13 @@ class NatsQueue(ClaimQueue):
         return NatsQueue(self.url, max_payload_bytes=self.max_payload_bytes, tls=self._tls,
                          create=self.create, **given)  # fmt: skip
 
-    @property
-    def _margin(self) -> float:
-        """How long before its delivery expires a lease stops being settled (the guard)."""
-        return min(max(0.2 * self._ack_wait, 0.05), 5.0)
+    def _use_ack_wait(self, seconds: float) -> None:
+        """The consumer's AckWait: the lease, and the guard's margin derived from it.
+
+        ``_margin`` is how long before a delivery expires its lease stops being settled.
+        """
+        self.lease = self._ack_wait = seconds
+        self._margin = min(max(0.2 * seconds, 0.05), 5.0)
 
     # -- topology -----------------------------------------------------------------------------
 
@@ -185,11 +188,11 @@ class NatsQueue(ClaimQueue):
         if not self._lease_given:  # adopt the lease the queue already has
             try:
                 info = await self._wire.api(f"CONSUMER.INFO.{self.names.stream}.{self.names.consumer}")
-                self.lease = self._ack_wait = info["config"]["ack_wait"] / 1e9
+                self._use_ack_wait(info["config"]["ack_wait"] / 1e9)
             except BrokerError as exc:
                 if exc.err_code != _CONSUMER_NOT_FOUND:
                     raise
-        self._ack_wait = self.lease
+        self._use_ack_wait(self.lease)  # a lease set on the handle since it was made counts
         consumers = self.names.consumer_configs(self._ack_wait)
         answers = await self._wire.api_many(
             [(f"CONSUMER.DURABLE.CREATE.{self.names.stream}.{name}", body) for name, body in consumers]
@@ -227,7 +230,7 @@ class NatsQueue(ClaimQueue):
                 raise answer
         for wanted, answer in zip(names.stream_configs(self._window, self._replicas), answers, strict=False):
             self._check_stream(wanted, answer["config"])
-        self.lease = self._ack_wait = answers[-1]["config"]["ack_wait"] / 1e9
+        self._use_ack_wait(answers[-1]["config"]["ack_wait"] / 1e9)
 
     # -- producing --------------------------------------------------------------------------------
 
@@ -279,11 +282,10 @@ class NatsQueue(ClaimQueue):
         if deadline - self._margin <= time.monotonic():
             return None  # it sat too long in the inbox: it is redelivered, not handed out late
         msg = delivery.msg
-        meta = msg.metadata
         headers = msg.headers or {}
-        delivered, seq = meta.num_delivered, meta.sequence.stream
+        delivered, seq = delivery.delivered, delivery.seq
         key = headers.get(KEY) or headers.get(MSG_ID) or f"seq-{seq}"
-        enqueued = number(headers.get(ENQUEUED), meta.timestamp.timestamp())
+        enqueued = number(headers.get(ENQUEUED), delivery.stored_at)
         token = f"{seq}.{delivered}"
         self._deadlines[token] = deadline
         lease = Lease(
@@ -428,9 +430,9 @@ class NatsQueue(ClaimQueue):
     def _promoted(self, delivery: Delivery) -> tuple[str, bytes, dict[str, str]]:
         msg = delivery.msg
         headers = {name: value for name, value in (msg.headers or {}).items() if name != DUE}
-        seq = msg.metadata.sequence.stream
+        seq = delivery.seq
         key = headers.get(KEY) or headers.get(MSG_ID) or f"seq-{seq}"
-        headers.setdefault(ENQUEUED, repr(msg.metadata.timestamp.timestamp()))
+        headers.setdefault(ENQUEUED, repr(delivery.stored_at))
         headers.update({MSG_ID: f"{key}@{seq}", KEY: key})
         return self.names.subject("ready"), msg.data, headers
 
