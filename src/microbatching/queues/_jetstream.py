@@ -157,6 +157,11 @@ class Wire:
             logger.debug("%s: reconnect attempt failed: %s", self.label, error)
 
     async def _on_disconnected(self) -> None:
+        # Whatever was awaiting replies will not get them on this connection: wake it now.
+        for publishes in self._publishes.values():
+            publishes.done.set()
+        for pull in self._pulls.values():
+            pull.done.set()
         if self._nc is not None and not self._nc.is_closed and self._down_since is None:
             self._down_since = time.monotonic()
             logger.warning("%s: lost the connection to NATS; reconnecting", self.label)
@@ -268,10 +273,20 @@ class Wire:
     ) -> list[dict[str, Any]]:
         """Store ``(subject, body, headers)`` messages in JetStream; their PubAcks, in order.
 
-        Every message goes out before any acknowledgement is awaited: one round trip.
+        Every message goes out before any acknowledgement is awaited: one round trip.  If
+        the connection drops meanwhile, all are sent again once it is back (within
+        ``timeout``): every message carries a message id, so JetStream stores each once.
         """
-        nc = await self.until_connected(self.timeout)
-        acks = await self._pipelined(nc, messages, _pub_ack)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            nc = await self.until_connected(max(0.0, deadline - time.monotonic()))
+            try:
+                acks = await self._pipelined(nc, messages, _pub_ack)
+                break
+            except (nats.errors.Error, OSError):
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.02)
         for ack in acks:
             if "error" in ack:
                 raise BrokerError("publish", ack["error"])
@@ -306,9 +321,11 @@ class Wire:
         try:
             for index, (subject, body, headers) in enumerate(messages):
                 await nc.publish(subject, body, reply=f"{prefix}{index}", headers=headers)
-            await asyncio.wait_for(publishes.done.wait(), self.timeout)
+            await _wait(publishes.done, self.timeout)
         finally:
             del self._publishes[batch]
+        if publishes.left:  # no answer in time, or the connection dropped
+            raise nats.errors.TimeoutError
         return publishes.results
 
     async def pull(self, stream: str, consumer: str, limit: int, wait: float) -> list[Delivery]:
@@ -342,15 +359,27 @@ class Wire:
             self.lingering_until[consumer] = time.monotonic() + wait
         try:
             await nc.publish(subject, json.dumps(body).encode(), reply=f"{self._inbox}.{token}")
-            await asyncio.wait_for(pull.done.wait(), wait + self.timeout)
-        except asyncio.TimeoutError:
-            pass  # the server never answered: keep what came; later arrivals are orphans
+            # Without an answer in time, what came is kept; later arrivals are orphans.
+            await _wait(pull.done, wait + self.timeout)
         finally:
             pull.done.set()
             del self._pulls[token]
             if self._active.get(consumer) is pull:
                 del self._active[consumer]
         return pull.got
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set or ``timeout`` passed (the caller tells which).
+
+    Not ``asyncio.wait_for``: before Python 3.12 it can swallow a cancellation that comes
+    as the wait ends, and a claim loop or the delayed-job task would then never stop.
+    """
+    timer = asyncio.get_running_loop().call_later(timeout, event.set)
+    try:
+        await event.wait()
+    finally:
+        timer.cancel()
 
 
 def _no_error(msg: Msg) -> dict[str, Any]:

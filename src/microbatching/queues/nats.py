@@ -319,16 +319,26 @@ class NatsQueue(ClaimQueue):
         return live
 
     async def _send(self, leases: list[Lease], payloads: Sequence[bytes]) -> list[Lease]:
-        """Send each lease's settle once the connection is up, while the lease is still live."""
-        if leases and not self._wire.connected:
-            left = min(self._deadlines.get(lease.token, 0.0) for lease in leases) - self._margin
-            await self._wire.until_connected(max(0.0, left - time.monotonic()))
-            keep = {lease.token for lease in self._live(leases)}
-            payloads = [p for lease, p in zip(leases, payloads, strict=True) if lease.token in keep]
-            leases = [lease for lease in leases if lease.token in keep]
-        if leases:
-            await self._wire.send([lease.ref.reply for lease in leases], payloads, 0.0)
-        return leases
+        """Send each lease's settle, again after a reconnect if need be, while the lease is live.
+
+        Settling one delivery twice is harmless (the consumer ignores the second), so a
+        settle whose confirmation was lost with the connection is simply sent again.
+        """
+        by_token = dict(zip((lease.token for lease in leases), payloads, strict=True))
+        while True:
+            leases = self._live(leases)
+            if not leases:
+                return []
+            left = min(self._deadlines[lease.token] for lease in leases) - self._margin - time.monotonic()
+            try:
+                await self._wire.until_connected(max(0.0, left))
+                replies = [lease.ref.reply for lease in leases]
+                await self._wire.send(replies, [by_token[lease.token] for lease in leases], 0.0)
+                return leases
+            except self.client_errors:
+                if left <= 0:
+                    raise
+                await asyncio.sleep(0.02)
 
     async def _finish(self, leases: list[Lease], verb: bytes) -> int:
         sent = await self._send(leases, [verb] * len(leases))
@@ -394,7 +404,7 @@ class NatsQueue(ClaimQueue):
     async def _promote_forever(self) -> None:
         """Move delayed jobs that are due to the ready subject; NAK the others with their remaining delay."""
         failing = False
-        while True:
+        while not self.closed:  # closed: stop even if a cancellation was lost
             try:
                 deliveries = await self._wire.pull(
                     self.names.stream, self.names.delayed_consumer, _PROMOTE_BATCH, _PROMOTE_WAIT
