@@ -80,6 +80,7 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
 _STREAM_NOT_FOUND, _CONSUMER_NOT_FOUND, _STREAM_IN_USE, _NO_MESSAGE = 10059, 10014, 10058, 10037
 _CHUNK = 5000  # messages per pipelined publish
 _READ_CHUNK = 256  # dead letters read per pipelined wave
+_PRUNE_AT = 10_000  # held deliveries recorded before the expired ones are forgotten
 _PROMOTE_BATCH = 256
 _PROMOTE_WAIT = 1.0
 _ERROR_PAUSE = 0.5
@@ -256,6 +257,9 @@ class NatsQueue(ClaimQueue):
         await self._topology()
         if self._promoter is None:
             self._promoter = asyncio.get_running_loop().create_task(self._promote_forever())
+        if len(self._deadlines) > _PRUNE_AT:  # leases a batcher dropped without settling them
+            now = time.monotonic()
+            self._deadlines = {token: at for token, at in self._deadlines.items() if at > now}
         async with self._claim_lock:
             deliveries = await self._wire.pull(self.names.stream, self.names.consumer, limit, wait)
         rows: list[Claimed] = []
