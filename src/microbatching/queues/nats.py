@@ -78,6 +78,8 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
     "tls_hostname": (str, ""),
 }
 _STREAM_NOT_FOUND, _CONSUMER_NOT_FOUND, _STREAM_IN_USE, _NO_MESSAGE = 10059, 10014, 10058, 10037
+_SUBJECTS_OVERLAP = 10065
+_CREATE_TRIES = 40  # 2 s of asking again while a stream is being created elsewhere
 _CHUNK = 5000  # messages per pipelined publish
 _READ_CHUNK = 256  # dead letters read per pipelined wave
 _PRUNE_AT = 10_000  # held deliveries recorded before the expired ones are forgotten
@@ -180,12 +182,7 @@ class NatsQueue(ClaimQueue):
 
     async def _create(self) -> None:
         configs = self.names.stream_configs(self._window, self._replicas)
-        answers = await self._wire.api_many([(f"STREAM.CREATE.{c['name']}", c) for c in configs])
-        for config, answer in zip(configs, answers, strict=True):
-            if isinstance(answer, BrokerError) and answer.err_code == _STREAM_IN_USE:
-                self._check_stream(config, (await self._wire.api(f"STREAM.INFO.{config['name']}"))["config"])
-            elif isinstance(answer, BaseException):
-                raise answer
+        await asyncio.gather(*(self._create_stream(config) for config in configs))
         if not self._lease_given:  # adopt the lease the queue already has
             try:
                 info = await self._wire.api(f"CONSUMER.INFO.{self.names.stream}.{self.names.consumer}")
@@ -205,6 +202,32 @@ class NatsQueue(ClaimQueue):
                 )
             if isinstance(answer, BaseException):
                 raise answer
+
+    async def _create_stream(self, config: dict[str, Any]) -> None:
+        """Create a stream, or accept the one of that name if it is this queue's.
+
+        Handles starting together race: while one creates the stream, another's create
+        may be told the subjects overlap a stream it cannot see yet; it asks again.
+        """
+        name = config["name"]
+        for _ in range(_CREATE_TRIES):
+            try:
+                await self._wire.api(f"STREAM.CREATE.{name}", config)
+                return
+            except BrokerError as exc:
+                if exc.err_code not in (_STREAM_IN_USE, _SUBJECTS_OVERLAP):
+                    raise
+                failure = exc
+            try:
+                found = await self._wire.api(f"STREAM.INFO.{name}")
+            except BrokerError as exc:
+                if exc.err_code != _STREAM_NOT_FOUND:
+                    raise
+                await asyncio.sleep(0.05)  # another stream holds the subjects, or ours is being made
+                continue
+            self._check_stream(config, found["config"])
+            return
+        raise InvalidQueueError(f"{self!r}: cannot create the stream {name}: {failure}")
 
     def _check_stream(self, wanted: dict[str, Any], found: dict[str, Any]) -> None:
         if sorted(found.get("subjects", [])) != sorted(wanted["subjects"]) or (
