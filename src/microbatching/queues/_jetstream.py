@@ -34,6 +34,11 @@ logger = logging.getLogger("microbatching")
 _FIRST_BACKOFF = 0.05
 _LAST_BACKOFF = 2.0
 _STATUS = "Status"
+_CONNECTION_LOST = (OSError, nats.errors.UnexpectedEOF, nats.errors.StaleConnectionError,
+                    nats.errors.ConnectionClosedError)  # fmt: skip
+#: API requests that may be sent again after a timeout or a 503: reads, and creates of one config.
+_REPEATABLE = ("STREAM.INFO.", "CONSUMER.INFO.", "STREAM.MSG.GET.", "STREAM.NAMES", "STREAM.CREATE.",
+               "CONSUMER.DURABLE.CREATE.")  # fmt: skip
 
 
 class BrokerError(Exception):
@@ -151,7 +156,8 @@ class Wire:
         return servers[self._failures % len(servers)], delay
 
     async def _on_error(self, error: Exception) -> None:
-        if self._down_since is None:
+        # A lost connection is said once, by _on_disconnected; other errors are worth a line.
+        if self._down_since is None and not isinstance(error, _CONNECTION_LOST):
             logger.warning("%s: NATS client error: %s", self.label, error)
         else:
             logger.debug("%s: reconnect attempt failed: %s", self.label, error)
@@ -242,24 +248,35 @@ class Wire:
     # -- operations ------------------------------------------------------------------------------
 
     async def api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A JetStream API request (``$JS.API.`` + ``subject``); an error answer raises BrokerError."""
+        """A JetStream API request (``$JS.API.`` + ``subject``); an error answer raises BrokerError.
+
+        While JetStream is (re)starting, requests find no responder or are answered 503;
+        they are asked again until ``timeout``: any request that found no responder, and
+        the ones that change nothing or the same thing twice (info, reads, creates).
+        """
         deadline = time.monotonic() + self.timeout
         payload = b"" if body is None else json.dumps(body).encode()
+        repeatable = subject.startswith(_REPEATABLE)
         while True:
             nc = await self.until_connected(max(0.0, deadline - time.monotonic()))
             try:
                 reply = await nc.request(f"$JS.API.{subject}", payload, timeout=self.timeout)
-                break
-            except nats.errors.NoRespondersError:
-                # Nothing received the request: JetStream is still starting (after a server
-                # restart, say); asking again cannot do anything twice.
-                if time.monotonic() >= deadline:
+                answer: dict[str, Any] = json.loads(reply.data)
+                if "error" not in answer:
+                    return answer
+                error = BrokerError(subject, answer["error"])
+                if not (repeatable and error.code == 503):
+                    raise error
+                last: Exception = error
+            except nats.errors.NoRespondersError as exc:
+                last = exc
+            except nats.errors.TimeoutError as exc:
+                if not repeatable:
                     raise
-                await asyncio.sleep(0.05)
-        answer: dict[str, Any] = json.loads(reply.data)
-        if "error" in answer:
-            raise BrokerError(subject, answer["error"])
-        return answer
+                last = exc
+            if time.monotonic() >= deadline:
+                raise last
+            await asyncio.sleep(0.05)
 
     async def api_many(self, requests: Sequence[tuple[str, dict[str, Any] | None]]) -> list[Any]:
         """Several API requests at once; each answer, or its BrokerError (not raised)."""
