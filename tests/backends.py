@@ -7,8 +7,10 @@ fault tests are parametrized over ``BACKENDS``, so a new queue is one entry here
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,9 @@ class Backend:
     lease: float = 0.4
     #: whether a consumer's jobs come back when its connection closes rather than after a lease
     vanish_by_closing: bool = False
+    #: whether the lease is a setting of the queue (a broker's per-consumer timeout), not of each
+    #: claim: the conformance suite then opens the queue with ``lease=<lease>``
+    lease_is_the_queues: bool = False
 
     def check_available(self) -> None:
         """Skip (or fail, when services are required) unless the client and the service are here."""
@@ -60,6 +65,20 @@ async def _kill_redis_clients(queue: Any) -> None:
         await admin.aclose()
 
 
+async def cut_tcp_from_server(local: tuple[str, int] | None, server_port: int) -> None:
+    """Destroy the server's end of the client's TCP connection (``ss -K``): the server drops the client."""
+    if local is None:
+        raise RuntimeError("the queue has no open connection to cut")
+    host, port = local[0], local[1]
+    filters = ["src", f"{host}:{server_port}", "dst", f"{host}:{port}"]
+    await asyncio.to_thread(subprocess.run, ["ss", "-K", *filters], capture_output=True, check=True)
+
+
+async def _nats_break(queue: Any) -> None:
+    await queue._wire.connect()
+    await cut_tcp_from_server(queue._wire.local_address(), 4222)
+
+
 BACKENDS: list[Backend] = [
     Backend("sqlite", lambda name, tmp: f"sqlite:///{tmp}/{name}.db"),
     Backend(
@@ -68,5 +87,14 @@ BACKENDS: list[Backend] = [
         service=("127.0.0.1", 6379, "Redis"),
         client="redis",
         break_connection=_kill_redis_clients,
+    ),
+    Backend(
+        "nats",
+        lambda name, tmp: f"nats://127.0.0.1:4222?stream={name}",
+        service=("127.0.0.1", 4222, "NATS"),
+        client="nats",
+        break_connection=_nats_break,
+        lease=1.0,
+        lease_is_the_queues=True,
     ),
 ]

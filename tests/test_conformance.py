@@ -58,6 +58,8 @@ class TestBundledQueue(QueueConformance):
         self.url = self.backend.url(self.queue_name, tmp_path)
 
     def make_queue(self) -> ClaimQueue:
+        if self.backend.lease_is_the_queues:
+            return open_queue(self.url, lease=self.lease)
         return open_queue(self.url)
 
     async def vanish(self, queue: Any) -> None:

@@ -34,6 +34,7 @@ __all__ = [
 #: class name -> (module, extra).
 _BROKER_QUEUES: dict[str, tuple[str, str]] = {
     "RedisQueue": ("microbatching.queues.redis", "redis"),
+    "NatsQueue": ("microbatching.queues.nats", "nats"),
 }
 
 

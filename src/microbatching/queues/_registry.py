@@ -19,6 +19,8 @@ _SCHEMES: dict[str, tuple[str, str, str]] = {
     "sqlite": ("microbatching.queues.sqlite", "SQLiteQueue", ""),
     "redis": ("microbatching.queues.redis", "RedisQueue", "redis"),
     "rediss": ("microbatching.queues.redis", "RedisQueue", "redis"),
+    "nats": ("microbatching.queues.nats", "NatsQueue", "nats"),
+    "tls": ("microbatching.queues.nats", "NatsQueue", "nats"),
 }
 
 #: Query parameters whose values are secrets (libpq, redis-py, NATS and AMQP spellings).
