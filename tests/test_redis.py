@@ -541,7 +541,7 @@ def test_dropped_connections_mid_run_lose_nothing_and_ack_nothing_twice(
 
         async def process(batch: list[Job[Any]]) -> list[Any]:
             seen.update(job.id for job in batch)
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.03)  # 100 batches: about 3 s, so the kills every 0.1 s land mid-run
             return [None] * len(batch)
 
         queue: Any = open_queue(url, lease=1.0)
