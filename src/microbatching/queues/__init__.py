@@ -32,7 +32,9 @@ __all__ = [
 
 #: Broker queues, imported on first use (their client libraries are optional extras):
 #: class name -> (module, extra).
-_BROKER_QUEUES: dict[str, tuple[str, str]] = {}
+_BROKER_QUEUES: dict[str, tuple[str, str]] = {
+    "PostgresQueue": ("microbatching.queues.postgres", "postgres"),
+}
 
 
 def __getattr__(name: str) -> Any:

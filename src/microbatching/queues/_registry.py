@@ -17,6 +17,8 @@ __all__ = ["open_queue", "query_options", "redact", "register_scheme", "resolve_
 # scheme -> (module, class, the extra that installs its client, "" if none)
 _SCHEMES: dict[str, tuple[str, str, str]] = {
     "sqlite": ("microbatching.queues.sqlite", "SQLiteQueue", ""),
+    "postgresql": ("microbatching.queues.postgres", "PostgresQueue", "postgres"),
+    "postgres": ("microbatching.queues.postgres", "PostgresQueue", "postgres"),
 }
 
 #: Query parameters whose values are secrets (libpq, redis-py, NATS and AMQP spellings).
