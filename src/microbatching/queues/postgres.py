@@ -37,12 +37,20 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
     "pool_size": (int, 4),
     "connect_timeout": (float, 10.0),
     "reconnect_timeout": (float, 30.0),
+    "vacuum_every": (int, 25_000),
 }
 _FIRST_BACKOFF = 0.05
 _LAST_BACKOFF = 2.0
 #: How often a waiting claim looks for work when it cannot listen for notifications.
 _UNLISTENED_POLL = 0.25
 _CLOSE_TIMEOUT = 5.0
+# VACUUM needs the table's owner, the database's owner or a superuser (PostgreSQL 15).
+_MAY_VACUUM = """
+SELECT pg_has_role(c.relowner, 'USAGE') OR pg_has_role(d.datdba, 'USAGE')
+       OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+FROM pg_class AS c, pg_database AS d
+WHERE c.oid = $1::regclass AND d.datname = current_database()
+"""
 
 
 class PostgresQueue(ClaimQueue):
@@ -59,8 +67,10 @@ class PostgresQueue(ClaimQueue):
     The URL follows libpq (``postgresql://user:password@host:port/dbname?sslmode=require``);
     its query may also carry this queue's options: ``name``, ``schema``, ``lease``,
     ``serializer``, ``poll``, ``pool_size`` (connections per handle, besides the one that
-    listens), ``connect_timeout`` and ``reconnect_timeout`` (how long an operation keeps
-    reconnecting after the server went away before it fails).  Any other query parameter is
+    listens), ``connect_timeout``, ``reconnect_timeout`` (how long an operation keeps
+    reconnecting after the server went away before it fails) and ``vacuum_every`` (after
+    claiming that many jobs a handle runs ``VACUUM`` on the jobs table, so it stays small
+    even where autovacuum is off or slow; 0 leaves it to autovacuum).  Any other query parameter is
     sent to the server as a setting (``application_name``, ``options``, ...).  The tables
     are created on first use (under an advisory lock, versioned); with ``create=False``
     nothing is created and a missing queue raises :class:`~microbatching.errors.InvalidQueueError`.
@@ -87,11 +97,12 @@ class PostgresQueue(ClaimQueue):
         pool_size: int | None = None,
         connect_timeout: float | None = None,
         reconnect_timeout: float | None = None,
+        vacuum_every: int | None = None,
         create: bool = True,
     ) -> None:
         given = {"serializer": serializer, "lease": lease, "name": name, "schema": schema, "poll": poll,
                  "pool_size": pool_size, "connect_timeout": connect_timeout,
-                 "reconnect_timeout": reconnect_timeout}  # fmt: skip
+                 "reconnect_timeout": reconnect_timeout, "vacuum_every": vacuum_every}  # fmt: skip
         ours, dsn, libpq = _split_url(url)
         options = resolve_options(ours, _OPTIONS, given)
         super().__init__(
@@ -104,9 +115,8 @@ class PostgresQueue(ClaimQueue):
         self.table = JobTable(options["name"])
         self.schema = _schema_name(options["schema"])
         self.poll = _positive("poll", options["poll"])
-        self.pool_size = options["pool_size"]
-        if isinstance(self.pool_size, bool) or not isinstance(self.pool_size, int) or self.pool_size < 1:
-            raise ValueError(f"pool_size must be a positive int, got {self.pool_size!r}")
+        self.pool_size = _count("pool_size", options["pool_size"], minimum=1)
+        self.vacuum_every = _count("vacuum_every", options["vacuum_every"], minimum=0)
         self.connect_timeout = _positive("connect_timeout", options["connect_timeout"])
         self.reconnect_timeout = _positive("reconnect_timeout", options["reconnect_timeout"], zero=True)
         self._options = options
@@ -128,6 +138,9 @@ class PostgresQueue(ClaimQueue):
         self._listen_after = 0.0
         self._wake: asyncio.Event | None = None
         self._down_since: float | None = None
+        self._claimed_since_vacuum = 0
+        self._vacuuming: asyncio.Task[None] | None = None
+        self._may_vacuum: bool | None = None  # unknown until checked
 
     def __repr__(self) -> str:
         return f"<PostgresQueue {redact(self.url)!r} {self.schema}.{self.table.name}>"
@@ -170,7 +183,7 @@ class PostgresQueue(ClaimQueue):
                     raise
                 self._lost(exc)
                 left = deadline - time.monotonic()
-                if (sent and not repeatable) or left <= 0:
+                if (sent and not repeatable and not _refused_unsent(exc)) or left <= 0:
                     raise
                 await asyncio.sleep(min(pause, left))
                 pause = min(pause * 2, _LAST_BACKOFF)
@@ -182,7 +195,7 @@ class PostgresQueue(ClaimQueue):
         if self._pool is None:
             self._pool = asyncpg.create_pool(
                 self._dsn, min_size=0, max_size=self.pool_size, timeout=self.connect_timeout,
-                server_settings=self._settings, max_inactive_connection_lifetime=60.0,
+                server_settings=self._settings, max_inactive_connection_lifetime=60.0, reset=_keep_session,
             )  # fmt: skip
             await self._pool  # with min_size=0 this opens no connection yet
         if prepare and not self._prepared:
@@ -358,10 +371,49 @@ class PostgresQueue(ClaimQueue):
         async def work(conn: asyncpg.Connection) -> tuple[list[Claimed], float | None]:
             rows = await conn.fetch(self.sql.claim, limit, token, lease, attempts, WORKER_LOST)
             if rows or not due:
+                self._count_claimed(len(rows))
                 return [claimed_row(row, token) for row in rows], None
             return [], await conn.fetchval(self.sql.next_due)
 
         return await self._run(work)  # a lost claim's jobs come back when its lease runs out
+
+    # -- keeping the jobs table small -----------------------------------------------------------
+
+    def _count_claimed(self, claimed: int) -> None:
+        """Start a background VACUUM once this handle claimed ``vacuum_every`` jobs since the last."""
+        if not self.vacuum_every or self._may_vacuum is False:
+            return
+        self._claimed_since_vacuum += claimed
+        if self._claimed_since_vacuum >= self.vacuum_every and (
+            self._vacuuming is None or self._vacuuming.done()
+        ):
+            self._claimed_since_vacuum = 0
+            self._vacuuming = asyncio.get_running_loop().create_task(self._vacuum())
+
+    async def _vacuum(self) -> None:
+        """Reclaim the rows claims and settles left dead, and their index entries.
+
+        Every claimed job leaves two dead row versions (the claim's update, the final
+        delete) and their index entries; until they are vacuumed, each claim steps over
+        them.  ``SKIP_LOCKED``: when another worker or autovacuum is at it, this one does
+        nothing.  A role that may not vacuum the table (not its owner) stops trying.
+        """
+        sql = self.sql
+
+        async def work(conn: asyncpg.Connection) -> None:
+            if self._may_vacuum is None:
+                self._may_vacuum = bool(await conn.fetchval(_MAY_VACUUM, sql.jobs))
+                if not self._may_vacuum:
+                    logger.info(
+                        "%r: this role may not VACUUM %s; autovacuum must keep it small", self, sql.jobs
+                    )
+                    return
+            await conn.execute(f"VACUUM (SKIP_LOCKED) {sql.jobs}, {sql.meta}")
+
+        try:
+            await self._run(work, repeatable=False)
+        except Exception as exc:  # a background chore: the next one tries again
+            logger.warning("%r: VACUUM of %s failed: %s", self, sql.jobs, scrub(str(exc), self.url))
 
     async def _ack(self, leases: list[Lease]) -> int:
         seqs, tokens = _refs(leases)
@@ -448,6 +500,10 @@ class PostgresQueue(ClaimQueue):
             pass
 
     async def _close(self) -> None:
+        vacuuming, self._vacuuming = self._vacuuming, None
+        if vacuuming is not None and not vacuuming.done():
+            vacuuming.cancel()
+            await asyncio.gather(vacuuming, return_exceptions=True)
         listener, self._listener = self._listener, None
         pool, self._pool = self._pool, None
         if listener is not None:
@@ -552,6 +608,22 @@ def _split_url(url: str) -> tuple[str, str, dict[str, str]]:
     return urlunsplit(parts._replace(query=urlencode(ours))), dsn, dict(libpq)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing to undo, so no round trip.
+
+    asyncpg's default sends ``RESET ALL; UNLISTEN *; ...`` every time a connection goes
+    back to the pool, one more round trip per operation.  The queue's pooled connections
+    keep no session state (advisory locks are transaction-scoped, LISTEN has its own
+    connection), and asyncpg still rolls back a transaction left open.
+    """
+
+
+def _count(name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
 def _schema_name(schema: str) -> str:
     if not _NAME.fullmatch(schema):
         raise ValueError(
@@ -576,7 +648,18 @@ def _connection_lost(exc: BaseException) -> bool:
                         asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, asyncpg.CannotConnectNowError,
                         asyncpg.TooManyConnectionsError)):  # fmt: skip
         return True
-    return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "connection is closed" in str(exc)
+    return _refused_unsent(exc)
+
+
+def _refused_unsent(exc: BaseException) -> bool:
+    """Whether asyncpg refused to send the statement on a connection the server had just killed.
+
+    Between the server's "terminating connection" message and the socket closing, the
+    connection is still handed out; asyncpg then refuses to start the statement at all.
+    """
+    return isinstance(exc, asyncpg.InternalClientError) and "another operation" in str(exc)
 
 
 def _enqueue_args(messages: list[Message], channel: str) -> tuple[Any, ...]:
