@@ -1,4 +1,4 @@
-"""The PostgreSQL queue: ``python benchmarks/run.py --only postgres`` (the server at MICROBATCHING_POSTGRES_URL).
+"""The PostgreSQL queue: ``python benchmarks/run.py --only postgres`` (server: MICROBATCHING_POSTGRES_URL).
 
 Five measures, each printed as a table:
 
@@ -129,7 +129,8 @@ async def _raw(n: int) -> Metrics:
             rows = await conn.fetch(sql.claim, BATCH_SIZE, token, 30.0, 1, WORKER_LOST)
             ids = [json.loads(row["job_id"]) for row in rows]
             results = [json.loads(row["payload"]) * 2 for row in rows]
-            ok += sum(job_id.startswith(prefix) and result % 2 == 0 for job_id, result in zip(ids, results))
+            pairs = zip(ids, results, strict=True)
+            ok += sum(job_id.startswith(prefix) and result % 2 == 0 for job_id, result in pairs)
             seqs = [row["seq"] for row in rows]
             done += await conn.fetchval(sql.ack, seqs, [token] * len(seqs), "done.0")
         elapsed = time.perf_counter() - start
@@ -342,8 +343,8 @@ async def _table_sizes(queue: PostgresQueue) -> str:
     conn = await asyncpg.connect(URL)
     try:
         heap, indexes, dead, vacuums = await conn.fetchrow(
-            "SELECT pg_relation_size(relid), pg_indexes_size(relid), n_dead_tup, vacuum_count + autovacuum_count "
-            "FROM pg_stat_user_tables WHERE relid = $1::regclass",
+            "SELECT pg_relation_size(relid), pg_indexes_size(relid), n_dead_tup, "
+            "vacuum_count + autovacuum_count FROM pg_stat_user_tables WHERE relid = $1::regclass",
             queue.sql.jobs,
         )
     finally:
