@@ -527,6 +527,44 @@ def test_an_idle_claim_wakes_when_a_delayed_job_is_due_without_polling(name: str
     assert 0.55 <= waited < 1.5, f"the claim returned after {waited:.2f} s for a job due in 0.6 s"
 
 
+def test_an_idle_worker_sends_nothing_until_a_job_can_be_ready(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims: list[float] = []
+    real_create_pool = asyncpg.create_pool
+
+    async def log_claims(conn: Any) -> None:
+        conn.add_query_logger(
+            lambda record: "SKIP LOCKED" in record.query and claims.append(time.monotonic())
+        )
+
+    def create_pool(*args: Any, **kwargs: Any) -> Any:
+        return real_create_pool(*args, init=log_claims, **kwargs)
+
+    monkeypatch.setattr(pg_module.asyncpg, "create_pool", create_pool)
+
+    async def main() -> tuple[int, float]:
+        idle, other = open_queue(url(name, poll=30)), open_queue(url(name))
+        try:
+            await other.aput("held")
+            (held,) = await other.claim(1, 30.0)
+            for _ in range(3):  # as a batcher's claim loop calls it, one second at a time
+                assert await idle.claim(5, wait=1.0) == []
+            idle_claims = len(claims)
+            retried = time.monotonic()
+            await other.retry([held], [0.4])  # notifies: the idle claim looks again, then sleeps till due
+            (job,) = await idle.claim(5, wait=10.0)
+            assert job.data == "held"
+            return idle_claims, time.monotonic() - retried
+        finally:
+            await other.close()
+            await dropped(idle)
+
+    idle_claims, took = run(main())
+    assert idle_claims == 2  # the held job's own claim, and one idle look in three seconds of waiting
+    assert 0.35 <= took < 1.5, f"the retried job reached the idle worker after {took:.2f} s (due after 0.4 s)"
+
+
 def test_an_idle_claim_listens_again_after_its_connection_was_killed(name: str) -> None:
     async def main() -> float:
         consumer, producer = open_queue(url(name, poll=30)), open_queue(url(name))

@@ -131,16 +131,25 @@ WITH gone AS (
 SELECT count(*)::int FROM gone
 """
 
+# A retry or a release makes its jobs ready sooner than any idle worker expects: it notifies.
 _RETRY = """
-UPDATE {jobs} AS j SET token = NULL, available_at = now() + s.delay * interval '1 second'
-FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS s(seq, token, delay)
-WHERE j.seq = s.seq AND j.token = s.token
+WITH moved AS (
+    UPDATE {jobs} AS j SET token = NULL, available_at = now() + s.delay * interval '1 second'
+    FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS s(seq, token, delay)
+    WHERE j.seq = s.seq AND j.token = s.token
+    RETURNING 1
+)
+SELECT count(*)::int, CASE WHEN count(*) > 0 THEN pg_notify($4, '') END FROM moved
 """
 
 _RELEASE = """
-UPDATE {jobs} AS j SET token = NULL, available_at = now(), attempts = greatest(j.attempts - 1, 0)
-FROM unnest($1::bigint[], $2::text[]) AS s(seq, token)
-WHERE j.seq = s.seq AND j.token = s.token
+WITH moved AS (
+    UPDATE {jobs} AS j SET token = NULL, available_at = now(), attempts = greatest(j.attempts - 1, 0)
+    FROM unnest($1::bigint[], $2::text[]) AS s(seq, token)
+    WHERE j.seq = s.seq AND j.token = s.token
+    RETURNING 1
+)
+SELECT count(*)::int, CASE WHEN count(*) > 0 THEN pg_notify($3, '') END FROM moved
 """
 
 _EXTEND = """

@@ -138,6 +138,10 @@ class PostgresQueue(ClaimQueue):
         self._listen_after = 0.0
         self._wake: asyncio.Event | None = None
         self._down_since: float | None = None
+        #: Until when (monotonic) an idle claim need not look: the last empty claim found
+        #: nothing due before then, and no notification came since.  Anything that makes a
+        #: job ready sooner (an enqueue, a retry, a release, a requeue) notifies.
+        self._quiet_until: float | None = None
         self._claimed_since_vacuum = 0
         self._vacuuming: asyncio.Task[None] | None = None
         self._may_vacuum: bool | None = None  # unknown until checked
@@ -323,6 +327,7 @@ class PostgresQueue(ClaimQueue):
         return self._wake
 
     def _notified(self, *_: Any) -> None:
+        self._quiet_until = None
         if self._wake is not None:
             self._wake.set()
 
@@ -343,14 +348,13 @@ class PostgresQueue(ClaimQueue):
 
     async def _claim(self, limit: int, lease: float, max_attempts: int | None, wait: float) -> list[Claimed]:
         if wait <= 0:
-            rows, _ = await self._claim_once(limit, lease, max_attempts, due=False)
-            return rows
+            return (await self._claim_once(limit, lease, max_attempts, due=False))[0]
         deadline = time.monotonic() + wait
         wake = self._wake_event()
         while True:
             listening = await self._listening()
-            wake.clear()  # before the claim: a notification after it is not missed
-            rows, due = await self._claim_once(limit, lease, max_attempts, due=True)
+            wake.clear()  # before looking: a notification after the look is not missed
+            rows, due = await self._look(limit, lease, max_attempts, listening, wake)
             left = deadline - time.monotonic()
             if rows or left <= 0:
                 return rows
@@ -361,6 +365,23 @@ class PostgresQueue(ClaimQueue):
                 await asyncio.wait_for(wake.wait(), pause)
             except asyncio.TimeoutError:
                 pass
+
+    async def _look(
+        self, limit: int, lease: float, max_attempts: int | None, listening: bool, wake: asyncio.Event
+    ) -> tuple[list[Claimed], float | None]:
+        """An idle claim's look for work: a claim, unless nothing can be due yet.
+
+        After an empty claim, while notifications arrive, nothing can become ready before
+        the next job is due (or the safety-net ``poll`` is over) without a notification:
+        an idle worker sends no statement until then.
+        """
+        quiet = self._quiet_until
+        if listening and quiet is not None and time.monotonic() < quiet:
+            return [], quiet - time.monotonic()
+        rows, due = await self._claim_once(limit, lease, max_attempts, due=True)
+        if not rows and listening and not wake.is_set():
+            self._quiet_until = time.monotonic() + (self.poll if due is None else min(self.poll, due))
+        return rows, due
 
     async def _claim_once(
         self, limit: int, lease: float, max_attempts: int | None, *, due: bool
@@ -423,10 +444,11 @@ class PostgresQueue(ClaimQueue):
     async def _retry(self, leases: list[Lease], delays: list[float]) -> int:
         pairs = sorted(zip(leases, delays, strict=True), key=lambda pair: pair[0].ref)
         seqs, tokens = _refs([lease for lease, _ in pairs])
-        return await self._settle(self.sql.retry, seqs, tokens, [delay for _, delay in pairs])
+        delays = [delay for _, delay in pairs]
+        return await self._settle(self.sql.retry, seqs, tokens, delays, self.channel, fetch=True)
 
     async def _release(self, leases: list[Lease]) -> int:
-        return await self._settle(self.sql.release, *_refs(leases))
+        return await self._settle(self.sql.release, *_refs(leases), self.channel, fetch=True)
 
     async def _dead_letter(self, entries: list[tuple[Lease, str, str | None]]) -> int:
         entries = sorted(entries, key=lambda entry: entry[0].ref)
