@@ -770,3 +770,20 @@ def test_a_server_killed_and_restarted_under_running_workers_loses_no_acknowledg
     assert (stats.pending, stats.delayed, stats.in_flight, stats.dead) == (0, 0, 0, 0)
     # A job runs twice only when its acknowledgement was cut off by a kill.
     assert sum(counts.values()) - len(counts) <= restarts * 2 * 50 * 3
+
+
+@pytest.mark.timeout(300)
+def test_the_quick_benchmark_runs_every_postgres_measure(tmp_path: Path) -> None:
+    BACKEND.check_available()
+    benchmarks = Path(__file__).resolve().parent.parent / "benchmarks"
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(benchmarks / "run.py"), "--quick", "--only", "postgres", "--json", str(out)],
+        capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"postgres", *(f"postgres/{index}" for index in range(1, 5))}
+    assert set(results["postgres"]["impls"]) == {"postgres", "raw asyncpg"}
+    assert set(results["postgres/2"]["impls"]) == {"1 worker", "2 workers", "4 workers"}
+    assert all(m["jobs_per_s"] > 0 for r in results.values() for m in r["impls"].values())
