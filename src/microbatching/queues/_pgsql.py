@@ -86,6 +86,10 @@ SELECT count(*)::int AS stored, CASE WHEN count(*) > 0 THEN pg_notify($5, '') EN
 # passed over, never waited for), move those whose lease expired after their last attempt
 # to the dead letters, lease the rest under the new token.  The old attempts, recovered
 # count and token are returned, as the job-table model reads them before a claim.
+#
+# Rows are found again by id (``seq = ANY(array)``), never by a join: a join's plan rests
+# on statistics that are wrong whenever the table was last analyzed empty, and a wrong one
+# reads the whole table per claim.  A lookup by id cannot be planned any other way.
 _CLAIM = """
 WITH picked AS (
     SELECT seq, attempts, recovered, token, available_at FROM {jobs}
@@ -93,9 +97,15 @@ WITH picked AS (
     ORDER BY available_at, seq
     LIMIT $1
     FOR UPDATE SKIP LOCKED
+), chosen AS (
+    SELECT array_agg(seq ORDER BY available_at, seq) AS seqs,
+           array_agg(attempts ORDER BY available_at, seq) AS attempts,
+           array_agg(recovered ORDER BY available_at, seq) AS recovered,
+           array_agg(token ORDER BY available_at, seq) AS tokens
+    FROM picked
 ), exhausted AS (
-    DELETE FROM {jobs} AS j USING picked AS p
-    WHERE j.seq = p.seq AND p.token IS NOT NULL AND p.attempts >= $4
+    DELETE FROM {jobs} AS j
+    WHERE j.seq = ANY((SELECT seqs FROM chosen)::bigint[]) AND j.token IS NOT NULL AND j.attempts >= $4
     RETURNING j.key, j.job_id, j.payload, j.attempts, j.enqueued_at
 ), buried AS (
     INSERT INTO {dead} (key, job_id, payload, attempts, error, enqueued_at)
@@ -104,12 +114,13 @@ WITH picked AS (
 ), leased AS (
     UPDATE {jobs} AS j
     SET token = $2, available_at = now() + $3 * interval '1 second', attempts = j.attempts + 1,
-        recovered = j.recovered + (p.token IS NOT NULL)::int
-    FROM picked AS p
-    WHERE j.seq = p.seq AND NOT (p.token IS NOT NULL AND p.attempts >= $4)
-    RETURNING j.seq, j.key, j.job_id, j.payload, p.attempts, p.recovered, p.token, p.available_at
+        recovered = j.recovered + (j.token IS NOT NULL)::int
+    WHERE j.seq = ANY((SELECT seqs FROM chosen)::bigint[]) AND NOT (j.token IS NOT NULL AND j.attempts >= $4)
+    RETURNING j.seq, j.key, j.job_id, j.payload, array_position((SELECT seqs FROM chosen), j.seq) AS n
 )
-SELECT seq, key, job_id, payload, attempts, recovered, token FROM leased ORDER BY available_at, seq
+SELECT l.seq, l.key, l.job_id, l.payload, c.attempts[l.n], c.recovered[l.n], c.tokens[l.n]
+FROM leased AS l, chosen AS c
+ORDER BY l.n
 """
 
 # How long until the next job is ready (a delay or a lease running out), for an idle claim.
@@ -117,55 +128,53 @@ _NEXT_DUE = """
 SELECT extract(epoch FROM min(available_at) - now())::float8 FROM {jobs}
 """
 
-# Settles match each row on its id AND the token it was claimed under: a late settle from
-# a consumer whose lease ran out (the job claimed again since) matches nothing.
-_ACK = """
+# Settles match each row on its id AND the token it was claimed under (the token at the
+# row's position in the arrays): a late settle from a consumer whose lease ran out (the
+# job claimed again since) matches nothing.  Rows are looked up by id, as in the claim.
+_MINE = "j.seq = ANY($1::bigint[]) AND j.token = ($2::text[])[array_position($1::bigint[], j.seq)]"
+_AT = "[array_position($1::bigint[], j.seq)]"
+
+_ACK = f"""
 WITH gone AS (
-    DELETE FROM {jobs} AS j USING unnest($1::bigint[], $2::text[]) AS s(seq, token)
-    WHERE j.seq = s.seq AND j.token = s.token
+    DELETE FROM {{jobs}} AS j WHERE {_MINE}
     RETURNING 1
 ), counted AS (
-    UPDATE {meta} SET count = count + (SELECT count(*) FROM gone)
+    UPDATE {{meta}} SET count = count + (SELECT count(*) FROM gone)
     WHERE name = $3 AND EXISTS (SELECT 1 FROM gone)
 )
 SELECT count(*)::int FROM gone
 """
 
 # A retry or a release makes its jobs ready sooner than any idle worker expects: it notifies.
-_RETRY = """
+_RETRY = f"""
 WITH moved AS (
-    UPDATE {jobs} AS j SET token = NULL, available_at = now() + s.delay * interval '1 second'
-    FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS s(seq, token, delay)
-    WHERE j.seq = s.seq AND j.token = s.token
+    UPDATE {{jobs}} AS j SET token = NULL, available_at = now() + ($3::float8[]){_AT} * interval '1 second'
+    WHERE {_MINE}
     RETURNING 1
 )
 SELECT count(*)::int, CASE WHEN count(*) > 0 THEN pg_notify($4, '') END FROM moved
 """
 
-_RELEASE = """
+_RELEASE = f"""
 WITH moved AS (
-    UPDATE {jobs} AS j SET token = NULL, available_at = now(), attempts = greatest(j.attempts - 1, 0)
-    FROM unnest($1::bigint[], $2::text[]) AS s(seq, token)
-    WHERE j.seq = s.seq AND j.token = s.token
+    UPDATE {{jobs}} AS j SET token = NULL, available_at = now(), attempts = greatest(j.attempts - 1, 0)
+    WHERE {_MINE}
     RETURNING 1
 )
 SELECT count(*)::int, CASE WHEN count(*) > 0 THEN pg_notify($3, '') END FROM moved
 """
 
-_EXTEND = """
-UPDATE {jobs} AS j SET available_at = now() + $3 * interval '1 second'
-FROM unnest($1::bigint[], $2::text[]) AS s(seq, token)
-WHERE j.seq = s.seq AND j.token = s.token
+_EXTEND = f"""
+UPDATE {{jobs}} AS j SET available_at = now() + $3 * interval '1 second'
+WHERE {_MINE}
 """
 
-_DEAD_LETTER = """
+_DEAD_LETTER = f"""
 WITH gone AS (
-    DELETE FROM {jobs} AS j USING unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
-        AS s(seq, token, error, traceback)
-    WHERE j.seq = s.seq AND j.token = s.token
-    RETURNING j.key, j.job_id, j.payload, j.attempts, s.error, s.traceback, j.enqueued_at
+    DELETE FROM {{jobs}} AS j WHERE {_MINE}
+    RETURNING j.key, j.job_id, j.payload, j.attempts, ($3::text[]){_AT}, ($4::text[]){_AT}, j.enqueued_at
 ), buried AS (
-    INSERT INTO {dead} (key, job_id, payload, attempts, error, traceback, enqueued_at)
+    INSERT INTO {{dead}} (key, job_id, payload, attempts, error, traceback, enqueued_at)
     SELECT * FROM gone
 )
 SELECT count(*)::int FROM gone
@@ -207,7 +216,8 @@ SELECT count(*)::int, CASE WHEN count(*) > 0 THEN pg_notify($2, '') END FROM gon
 """
 
 _PURGE = """
-DELETE FROM {dead} WHERE $1::text[] IS NULL OR key = ANY($1)
+WITH gone AS (DELETE FROM {dead} WHERE $1::text[] IS NULL OR key = ANY($1) RETURNING 1)
+SELECT count(*)::int FROM gone
 """
 
 _DROP = "DROP TABLE IF EXISTS {jobs}, {dead}, {meta}"

@@ -44,6 +44,15 @@ _LAST_BACKOFF = 2.0
 #: How often a waiting claim looks for work when it cannot listen for notifications.
 _UNLISTENED_POLL = 0.25
 _CLOSE_TIMEOUT = 5.0
+#: Session settings of the pooled connections.  A queue table is often empty when it is
+#: analyzed or vacuumed, and a planner believing it still is would read the whole table
+#: with a sequential scan in every settle, or gather every ready job with a bitmap scan and
+#: sort them in every claim.  With these off the claim walks its index from the oldest
+#: ready job and settles look their rows up by id: a batch costs its size, whatever the
+#: table holds and whatever the statistics say.  The operator's statements (stats, dead
+#: letters) get the planner's defaults back for their transaction.
+PLANNER_SETTINGS = {"enable_seqscan": "off", "enable_bitmapscan": "off"}
+_DEFAULT_PLANNER = "SELECT " + ", ".join(f"set_config('{name}', 'on', true)" for name in PLANNER_SETTINGS)
 # VACUUM needs the table's owner, the database's owner or a superuser (PostgreSQL 15).
 _MAY_VACUUM = """
 SELECT pg_has_role(c.relowner, 'USAGE') OR pg_has_role(d.datdba, 'USAGE')
@@ -199,7 +208,8 @@ class PostgresQueue(ClaimQueue):
         if self._pool is None:
             self._pool = asyncpg.create_pool(
                 self._dsn, min_size=0, max_size=self.pool_size, timeout=self.connect_timeout,
-                server_settings=self._settings, max_inactive_connection_lifetime=60.0, reset=_keep_session,
+                server_settings={**self._settings, **PLANNER_SETTINGS}, max_inactive_connection_lifetime=60.0,
+                reset=_keep_session,
             )  # fmt: skip
             await self._pool  # with min_size=0 this opens no connection yet
         if prepare and not self._prepared:
@@ -307,10 +317,7 @@ class PostgresQueue(ClaimQueue):
         if time.monotonic() < self._listen_after:
             return False
         try:
-            listener = await asyncpg.connect(
-                self._dsn, timeout=self.connect_timeout, server_settings=self._settings
-            )
-            await listener.add_listener(self.channel, self._notified)
+            listener = await self._listen()
         except Exception as exc:
             if not _connection_lost(exc):
                 raise
@@ -320,6 +327,17 @@ class PostgresQueue(ClaimQueue):
         listener.add_termination_listener(self._listener_lost)
         self._listener = listener
         return True
+
+    async def _listen(self) -> asyncpg.Connection:
+        listener = await asyncpg.connect(
+            self._dsn, timeout=self.connect_timeout, server_settings=self._settings
+        )
+        try:
+            await listener.add_listener(self.channel, self._notified)
+        except BaseException:
+            listener.terminate()
+            raise
+        return listener
 
     def _wake_event(self) -> asyncio.Event:
         if self._wake is None:
@@ -429,7 +447,7 @@ class PostgresQueue(ClaimQueue):
                         "%r: this role may not VACUUM %s; autovacuum must keep it small", self, sql.jobs
                     )
                     return
-            await conn.execute(f"VACUUM (SKIP_LOCKED) {sql.jobs}, {sql.meta}")
+            await conn.execute(f"VACUUM (SKIP_LOCKED, ANALYZE) {sql.jobs}, {sql.meta}")
 
         try:
             await self._run(work, repeatable=False)
@@ -477,26 +495,32 @@ class PostgresQueue(ClaimQueue):
         async with self._settling:
             return await self._run(work, repeatable=repeatable)
 
+    async def _operator(self, sql: str, *args: Any, repeatable: bool = True) -> Any:
+        """An operator's statement (stats, dead letters), with the planner's defaults: it may read it all."""
+
+        async def work(conn: asyncpg.Connection) -> Any:
+            async with conn.transaction():
+                await conn.execute(_DEFAULT_PLANNER)
+                return await conn.fetch(sql, *args)
+
+        return await self._run(work, repeatable=repeatable)
+
     async def _stats(self) -> QueueStats:
-        row = await self._run(lambda conn: conn.fetchrow(self.sql.stats))
+        (row,) = await self._operator(self.sql.stats)
         return queue_stats(*row)
 
     async def _dead_letters(self, limit: int) -> list[StoredDeadLetter]:
-        rows = await self._run(lambda conn: conn.fetch(self.sql.dead_rows, limit))
-        return [StoredDeadLetter(*row) for row in rows]
+        return [StoredDeadLetter(*row) for row in await self._operator(self.sql.dead_rows, limit)]
 
     async def _requeue_dead(self, keys: list[str] | None) -> int:
-        async def work(conn: asyncpg.Connection) -> int:
-            moved: int = (await conn.fetchrow(self.sql.requeue, keys, self.channel))[0]
-            return moved
-
-        return await self._run(work, repeatable=False)
+        (row,) = await self._operator(self.sql.requeue, keys, self.channel, repeatable=False)
+        moved: int = row[0]
+        return moved
 
     async def _purge_dead(self, keys: list[str] | None) -> int:
-        async def work(conn: asyncpg.Connection) -> int:
-            return _row_count(await conn.execute(self.sql.purge, keys))
-
-        return await self._run(work, repeatable=False)
+        (row,) = await self._operator(self.sql.purge, keys, repeatable=False)
+        purged: int = row[0]
+        return purged
 
     async def _drop(self) -> None:
         async def work(conn: asyncpg.Connection) -> None:
