@@ -33,7 +33,6 @@ import asyncpg
 import queue_bench
 from harness import Comparison, Metrics, format_table, run_alternating
 
-from microbatching.queues import open_queue
 from microbatching.queues._table import WORKER_LOST
 from microbatching.queues.postgres import PostgresQueue
 
@@ -51,7 +50,7 @@ class Sizes:
     scaling_jobs: int = 20_000
     driver_jobs: int = 20_000
     churn_jobs: int = 1_000_000
-    churn_window: int = 50_000
+    churn_window: int = 20_000
 
 
 QUICK = Sizes(
@@ -71,7 +70,7 @@ def bench(quick: bool, repeats: int) -> list[Comparison]:
         against_procrastinate(sizes.peer_jobs, max(1, repeats // 2)),
         queue_bench.worker_scaling("postgres", _url_for, sizes.scaling_jobs),
         drivers(sizes.driver_jobs, repeats),
-        churn(sizes.churn_jobs, sizes.churn_window),
+        churn(sizes.churn_jobs, sizes.churn_window, repeats=max(1, min(repeats, 3))),
     ]
 
 
@@ -286,41 +285,59 @@ async def _close_driver(claim: Any) -> None:
 # -- a million jobs through one queue ---------------------------------------------------------
 
 
-def churn(total: int, window: int, vacuum_every: int | None = None) -> Comparison:
-    """Claim rate over the first ``window`` jobs, and over ``window`` jobs after ``total`` have passed."""
-    first, last, notes = asyncio.run(_churn(total, window, vacuum_every))
+def churn(total: int, window: int, vacuum_every: int | None = None, repeats: int = 3) -> Comparison:
+    """The claim rate on a fresh queue, and on one ``total`` jobs have passed through, in turns."""
+    fresh, churned, notes = asyncio.run(_churn(total, window, vacuum_every, repeats))
     setting = "default" if vacuum_every is None else str(vacuum_every)
-    result = Comparison(
-        f"postgres: claim rate as jobs pass through one queue (vacuum_every={setting})", "first jobs"
-    )
-    result.runs = {"first jobs": [first], f"after {total:,} jobs": [last]}
+    result = Comparison(f"postgres: claim rate after {total:,} jobs (vacuum_every={setting})", "fresh queue")
+    result.runs = {"fresh queue": fresh, f"after {total:,} jobs": churned}
     result.notes += notes
     return result
 
 
-async def _churn(total: int, window: int, vacuum_every: int | None) -> tuple[Metrics, Metrics, list[str]]:
+async def _churn(
+    total: int, window: int, vacuum_every: int | None, repeats: int
+) -> tuple[list[Metrics], list[Metrics], list[str]]:
     options = {} if vacuum_every is None else {"vacuum_every": vacuum_every}
-    queue = open_queue(_url_for("churn"), **options)
-    assert isinstance(queue, PostgresQueue)
+    churned = PostgresQueue(_url_for("churn"), **options)
+    fresh_runs: list[Metrics] = []
+    churned_runs: list[Metrics] = []
+    try:
+        await churned.stats()
+        passed = 0
+        while passed < total:
+            passed += int((await _churn_window(churned, min(window, total - passed)))["jobs"])
+        sizes = await _table_sizes(churned)
+        for repeat in range(repeats):  # in turns, so the machine's load weighs on both alike
+            for which in ("fresh", "churned") if repeat % 2 == 0 else ("churned", "fresh"):
+                if which == "churned":
+                    churned_runs.append(_claim_rate(await _churn_window(churned, window)))
+                else:
+                    fresh_runs.append(await _fresh_window(window, options))
+    finally:
+        await churned.drop()
+        await churned.close()
+    notes = [
+        f"one queue passes {total:,} jobs (a backlog of about 1,000; rounds of: enqueue 1,000, then 10 x "
+        f"claim {BATCH_SIZE} and ack); then, in turns, {repeats} windows of {window:,} jobs on it and on a "
+        "new queue; jobs/s = jobs claimed per second spent in the claim statement",
+        f"after {total:,} jobs: {sizes}",
+    ]
+    return fresh_runs, churned_runs, notes
+
+
+async def _fresh_window(window: int, options: dict[str, Any]) -> Metrics:
+    queue = PostgresQueue(_url_for("fresh"), **options)
     try:
         await queue.stats()
-        first = await _churn_window(queue, window)
-        passed = window
-        while passed < total:
-            passed += (await _churn_window(queue, min(window, total - passed)))["jobs"]
-        last = await _churn_window(queue, window)
-        sizes = await _table_sizes(queue)
+        return _claim_rate(await _churn_window(queue, window))
     finally:
         await queue.drop()
         await queue.close()
-    notes = [
-        f"a backlog of about 1,000 jobs; per round: enqueue 1,000, then 10 x (claim {BATCH_SIZE}, ack); "
-        "jobs/s = jobs claimed per second spent in the claim statement; each window "
-        f"{window:,} jobs; the whole loop: {first['loop_jobs_per_s']:,.0f} jobs/s first, "
-        f"{last['loop_jobs_per_s']:,.0f} jobs/s last",
-        f"after {total + window:,} jobs: {sizes}",
-    ]
-    return {"jobs_per_s": first["jobs_per_s"]}, {"jobs_per_s": last["jobs_per_s"]}, notes
+
+
+def _claim_rate(window: dict[str, float]) -> Metrics:
+    return {"jobs_per_s": window["jobs_per_s"]}
 
 
 async def _churn_window(queue: PostgresQueue, jobs: int) -> dict[str, float]:
@@ -360,10 +377,11 @@ def main() -> None:
     parser.add_argument(
         "--churn", type=int, default=1_000_000, help="jobs to pass through (default 1,000,000)"
     )
-    parser.add_argument("--window", type=int, default=50_000, help="jobs per measured window")
+    parser.add_argument("--window", type=int, default=20_000, help="jobs per measured window")
+    parser.add_argument("--repeats", type=int, default=3, help="measured windows on each queue")
     parser.add_argument("--vacuum-every", type=int, default=None, help="the queue's vacuum_every option")
     args = parser.parse_args()
-    print(format_table(churn(args.churn, args.window, args.vacuum_every).summary()))
+    print(format_table(churn(args.churn, args.window, args.vacuum_every, args.repeats).summary()))
 
 
 if __name__ == "__main__":
