@@ -654,7 +654,9 @@ def test_a_worker_vacuums_the_jobs_table_after_claiming_vacuum_every_jobs(name: 
 # -- connections killed and a server restarted mid-run ------------------------------------------
 
 
-def test_connections_killed_mid_run_lose_nothing_and_acknowledge_nothing_twice(name: str) -> None:
+def test_connections_killed_mid_run_lose_nothing_and_acknowledge_nothing_twice(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
     jobs = 3_000
     seen: collections.Counter[int] = collections.Counter()
 
@@ -686,13 +688,16 @@ def test_connections_killed_mid_run_lose_nothing_and_acknowledge_nothing_twice(n
                 await asyncio.sleep(0.1)
         return stats
 
-    results, kills = run(main())
+    with caplog.at_level(logging.WARNING, logger="microbatching"):
+        results, kills = run(main())
+    lost_lines = sum("lost the connection" in record.getMessage() for record in caplog.records)
     stats = run(drain())
     duplicates = sum(seen.values()) - len(seen)
     print(f"\nKILLED CONNECTIONS jobs={jobs} kills={kills} lost={jobs - len(seen)} duplicates={duplicates} "
-          f"done={stats.done}")  # fmt: skip
+          f"done={stats.done} 'lost the connection' log lines={lost_lines}")  # fmt: skip
     assert results == [i * 2 for i in range(jobs)]
     assert kills >= 3
+    assert 1 <= lost_lines <= 2 * kills  # said once per drop (or so), never per job
     assert sorted(seen) == list(range(jobs))
     assert stats.done == jobs  # each job acknowledged exactly once
     assert (stats.pending, stats.delayed, stats.in_flight, stats.dead) == (0, 0, 0, 0)
@@ -714,7 +719,9 @@ class PrivateServer:
         self._as_user: list[str] = []
         if os.geteuid() == 0:  # initdb refuses to run as root
             if shutil.which("runuser") is None or _uid("postgres") is None:
-                pytest.skip("running as root without a postgres user to run a private server as")
+                _unavailable(
+                    "running as root, with no postgres user (and runuser) to run a private server as"
+                )
             self._as_user = ["runuser", "-u", "postgres", "--"]
             os.chown(self.root, _uid("postgres"), -1)  # type: ignore[arg-type]
 
@@ -751,13 +758,16 @@ def _uid(user: str) -> int | None:
         return None
 
 
+def _unavailable(reason: str) -> None:
+    if os.environ.get("MICROBATCHING_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason}, and MICROBATCHING_REQUIRE_SERVICES=1 requires a private server")
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def private_server() -> Iterator[PrivateServer]:
     if not (PG_BIN / "initdb").exists():
-        message = f"no PostgreSQL server binaries at {PG_BIN} (set MICROBATCHING_PG_BIN)"
-        if os.environ.get("MICROBATCHING_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{message}, and MICROBATCHING_REQUIRE_SERVICES=1 requires them")
-        pytest.skip(message)
+        _unavailable(f"no PostgreSQL server binaries at {PG_BIN} (set MICROBATCHING_PG_BIN)")
     server = PrivateServer()
     try:
         server.init()
