@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import service_available
@@ -79,6 +80,24 @@ async def _nats_break(queue: Any) -> None:
     await cut_tcp_from_server(queue._wire.local_address(), 4222)
 
 
+POSTGRES = os.environ.get("MICROBATCHING_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def terminate_postgres_backends(queue: Any) -> None:
+    """Kill every server process serving ``queue``'s connections (pg_terminate_backend, waiting for each)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES)
+    try:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+            "WHERE application_name = $1 AND pid <> pg_backend_pid()",
+            f"microbatching {queue.schema}.{queue.table.name}",
+        )
+    finally:
+        await conn.close()
+
+
 BACKENDS: list[Backend] = [
     Backend("sqlite", lambda name, tmp: f"sqlite:///{tmp}/{name}.db"),
     Backend(
@@ -96,5 +115,12 @@ BACKENDS: list[Backend] = [
         break_connection=_nats_break,
         lease=1.0,
         lease_is_the_queues=True,
+    ),
+    Backend(
+        "postgres",
+        lambda name, tmp: f"{POSTGRES}?name={name}",
+        service=(urlsplit(POSTGRES).hostname or "127.0.0.1", urlsplit(POSTGRES).port or 5432, "PostgreSQL"),
+        client="asyncpg",
+        break_connection=terminate_postgres_backends,
     ),
 ]

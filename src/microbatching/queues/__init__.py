@@ -35,6 +35,7 @@ __all__ = [
 _BROKER_QUEUES: dict[str, tuple[str, str]] = {
     "RedisQueue": ("microbatching.queues.redis", "redis"),
     "NatsQueue": ("microbatching.queues.nats", "nats"),
+    "PostgresQueue": ("microbatching.queues.postgres", "postgres"),
 }
 
 

@@ -171,14 +171,25 @@ class ClaimQueue(ABC):
         self, items: Iterable[Any], *, ids: Sequence[Any] | None = None, delay: float = 0.0
     ) -> list[Any]:
         """Store many jobs in one round trip (all or none); returns their ids, in order."""
+        job_ids, messages = self.encode_many(items, ids=ids, delay=delay)
+        await self.enqueue(messages)
+        return job_ids
+
+    def encode_many(
+        self, items: Iterable[Any], *, ids: Sequence[Any] | None = None, delay: float = 0.0
+    ) -> tuple[list[Any], list[Message]]:
+        """The job ids and the messages ``put_many(items, ids=, delay=)`` stores (nothing is stored).
+
+        For a queue that can also store messages another way (on a connection its caller
+        holds, say): the ids are generated and the keys derived exactly as ``put_many`` does.
+        """
         data = list(items)
         if ids is not None and len(ids) != len(data):
             raise ValueError(f"put_many() needs one id per item: {len(data)} items, {len(ids)} ids")
         delay = _seconds("delay", delay)
         jobs = [Job(None if ids is None else ids[i], value) for i, value in enumerate(data)]
         messages = [self.encode(job, delay=delay, key=_id_key(job, ids is not None)) for job in jobs]
-        await self.enqueue(messages)
-        return [job.id for job in jobs]
+        return [job.id for job in jobs], messages
 
     def put(self, data: Any, *, id: Any = None, delay: float = 0.0) -> Any:
         """``aput`` for synchronous code (a Django view, a script): blocks until stored."""

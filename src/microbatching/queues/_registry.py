@@ -21,6 +21,8 @@ _SCHEMES: dict[str, tuple[str, str, str]] = {
     "rediss": ("microbatching.queues.redis", "RedisQueue", "redis"),
     "nats": ("microbatching.queues.nats", "NatsQueue", "nats"),
     "tls": ("microbatching.queues.nats", "NatsQueue", "nats"),
+    "postgresql": ("microbatching.queues.postgres", "PostgresQueue", "postgres"),
+    "postgres": ("microbatching.queues.postgres", "PostgresQueue", "postgres"),
 }
 
 #: Query parameters whose values are secrets (libpq, redis-py, NATS and AMQP spellings).

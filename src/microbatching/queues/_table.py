@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ._types import Claimed, Lease, QueueStats
 
-__all__ = ["SCHEMA_VERSION", "JobTable", "claimed_row", "queue_stats", "worker_lost"]
+__all__ = ["SCHEMA_VERSION", "WORKER_LOST", "JobTable", "claimed_row", "queue_stats", "worker_lost"]
 
 #: Version 2 added the dead letters' traceback column.
 SCHEMA_VERSION = 2
@@ -82,12 +82,17 @@ def claimed_row(
     )
 
 
+#: The dead-letter error of a job whose lease ran out on its last attempt (a database
+#: may fill ``{attempts}`` in itself, inside the statement that moves the row).
+WORKER_LOST = (
+    "WorkerLost: the lease expired during attempt {attempts}: the worker died or stalled "
+    "while processing this job"
+)
+
+
 def worker_lost(attempts: int) -> str:
     """The dead-letter error of a job whose lease ran out on its last attempt."""
-    return (
-        f"WorkerLost: the lease expired during attempt {attempts}: the worker died or stalled "
-        "while processing this job"
-    )
+    return WORKER_LOST.format(attempts=attempts)
 
 
 def queue_stats(
