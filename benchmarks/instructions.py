@@ -28,6 +28,18 @@ WORKLOADS = {
         "ours": f"asyncio.run(w.bulk_ours(n, {BATCH_SIZE}, {INTERVAL}))",
         "reference": f"asyncio.run(w.bulk_reference(n, {BATCH_SIZE}, {INTERVAL}))",
     },
+    "bulk-items": {
+        "ours": f"asyncio.run(w.bulk_items_ours(n, {BATCH_SIZE}, {INTERVAL}))",
+        "reference": f"asyncio.run(w.bulk_reference(n, {BATCH_SIZE}, {INTERVAL}))",
+    },
+    "bulk-many": {
+        "ours": f"asyncio.run(w.bulk_many_ours(n, {BATCH_SIZE}, {INTERVAL}))",
+        "reference": f"asyncio.run(w.bulk_reference(n, {BATCH_SIZE}, {INTERVAL}))",
+    },
+    "fan-in-items": {
+        "ours": f"asyncio.run(w.fan_in_items_ours(n, 1000, {BATCH_SIZE}, {INTERVAL}))",
+        "reference": f"asyncio.run(w.fan_in_reference(n, 1000, {BATCH_SIZE}, {INTERVAL}))",
+    },
     "fan-in": {
         "ours": f"asyncio.run(w.fan_in_ours(n, 1000, {BATCH_SIZE}, {INTERVAL}))",
         "reference": f"asyncio.run(w.fan_in_reference(n, 1000, {BATCH_SIZE}, {INTERVAL}))",

@@ -194,6 +194,52 @@ async def bulk_ours(n: int, size: int, interval: float) -> Metrics:
     return {"jobs_per_s": n / elapsed, "cpu_jobs_per_s": n / cpu, "mean_batch": n / counter.batches}
 
 
+def _ours_items(counter: Counter, size: int, interval: float) -> AsyncMicroBatching:
+    batcher = AsyncMicroBatching(
+        None, _item_doubler(counter), batch_size=size, batch_interval=interval, retry=None, takes="items"
+    )
+    batcher.start()
+    return batcher
+
+
+async def bulk_items_ours(n: int, size: int, interval: float) -> Metrics:
+    """Bulk through ``AsyncMicroBatching.submit_nowait(item)``, the processor taking items."""
+    counter = Counter()
+    batcher = _ours_items(counter, size, interval)
+    submit = batcher.submit_nowait
+    start, cpu_start = clock(), cpu_clock()
+    futures = [submit(x) for x in range(n)]
+    ok = await _await_all(futures)
+    elapsed, cpu = clock() - start, cpu_clock() - cpu_start
+    _check(ok, n, "bulk ours, items")
+    await batcher.shutdown()
+    return {"jobs_per_s": n / elapsed, "cpu_jobs_per_s": n / cpu, "mean_batch": n / counter.batches}
+
+
+async def bulk_many_ours(n: int, size: int, interval: float) -> Metrics:
+    """Bulk through one ``AsyncMicroBatching.submit_many(items)`` call."""
+    counter = Counter()
+    batcher = _ours_items(counter, size, interval)
+    start, cpu_start = clock(), cpu_clock()
+    results = await batcher.submit_many(range(n))
+    ok = sum(result == x * 2 for x, result in enumerate(results))
+    elapsed, cpu = clock() - start, cpu_clock() - cpu_start
+    _check(ok, n, "bulk ours, submit_many")
+    await batcher.shutdown()
+    return {"jobs_per_s": n / elapsed, "cpu_jobs_per_s": n / cpu, "mean_batch": n / counter.batches}
+
+
+async def fan_in_items_ours(n: int, tasks: int, size: int, interval: float) -> Metrics:
+    """Fan-in through ``AsyncMicroBatching.submit_nowait(item)``, the processor taking items."""
+    counter = Counter()
+    batcher = _ours_items(counter, size, interval)
+    metrics = await _fan_in(
+        lambda xs, lat: _call_worker(batcher.submit_nowait, xs, lat), n, tasks, counter, "fan-in ours, items"
+    )
+    await batcher.shutdown()
+    return metrics
+
+
 async def bulk_reference(n: int, size: int, interval: float) -> Metrics:
     """Bulk through the reference batcher."""
     counter = Counter()

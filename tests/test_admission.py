@@ -119,7 +119,7 @@ def _batches(entry: str, arrivals: list[tuple[float, int]], batch_size: int, int
         raise AssertionError(f"{job!r} failed: {error!r}")
 
     buffer = Buffer(batch_size, interval, None, None, Pending(None), on_ready, failed)
-    buffer.bind(loop)
+    buffer.bind(loop, loop.time)
     enter = buffer.admit if entry == "admit" else buffer.add
 
     async def feed() -> None:

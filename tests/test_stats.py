@@ -60,7 +60,8 @@ def test_batch_size_distribution_over_mixed_batches() -> None:
         return mb.stats()
 
     stats = vrun(main())
-    assert stats.batches_by_trigger == {"size": 2, "time": 1, "weight": 0, "flush": 0, "shutdown": 0}
+    expected = {"size": 2, "time": 1, "weight": 0, "flush": 0, "bulk": 0, "shutdown": 0}
+    assert stats.batches_by_trigger == expected
     assert stats.batch_size.count == 3
     assert (stats.batch_size.min, stats.batch_size.max, stats.batch_size.p50) == (1, 4, 4)
     assert stats.batch_size.mean == pytest.approx(3.0)

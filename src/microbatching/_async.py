@@ -6,11 +6,12 @@ import asyncio
 import functools
 import warnings
 from asyncio.events import _get_running_loop  # the C accessor: no Python frame per submit
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
 from ._base import BatcherBase, State
+from ._engine.items import Many, many_future_done
 from ._job import Job
 from ._stats import Stats
 
@@ -74,6 +75,46 @@ class AsyncMicroBatching(BatcherBase):
         job._submitted_at = job._ready_at = self._now()
         self._buffer.admit(job)
         return future
+
+    def submit_nowait(self, item: Any) -> asyncio.Future[Any]:
+        """Accept one item (no ``Job`` needed) and return its future: the fastest submit.
+
+        The processor gets the item as a job's data (or the item itself, with
+        ``takes="items"``); a Job is made for it only where one is needed.  Raises
+        ``QueueFullError`` at ``max_pending``.
+        """
+        if self._guarded:
+            return self.submit_job_nowait(Job(None, item))
+        future = self._create_future()  # the loop is checked where a batch opens or fills
+        self._buffer.admit_item(item, future)
+        return future
+
+    async def submit(self, item: Any, timeout: float | None = None) -> asyncio.Future[Any]:
+        """Wait (up to ``timeout`` seconds) for room under ``max_pending``, then ``submit_nowait(item)``."""
+        if self._guarded:
+            return await self.submit_job(Job(None, item), timeout)
+        return self.submit_nowait(item)
+
+    async def submit_many(self, items: Iterable[Any], timeout: float | None = None) -> list[Any]:
+        """Submit many items at once; returns their results, in order, once all are final.
+
+        The way to push many items: one call, one awaitable, batches of ``batch_size`` that
+        leave at once.  An item that failed has its exception in its slot (as
+        ``asyncio.gather(..., return_exceptions=True)`` gives it); the others are not held
+        back by it.  Waits for room under ``max_pending``, item by item.
+        """
+        values = list(items)
+        if not values:
+            return []
+        if self._guarded or self._buffer.announce is not None:  # each item must pass as a Job
+            futures = [await self.submit(value, timeout) for value in values]
+            return list(await asyncio.gather(*futures, return_exceptions=True))
+        if _get_running_loop() is not self._loop:
+            self._check_loop()
+        done = self._create_future()
+        self._buffer.add_many(values, Many(len(values), many_future_done(done)))
+        results: list[Any] = await done
+        return results
 
     async def submit_job(
         self, job: Job[Any], timeout: float | None = None, *, wait_stored: bool = False

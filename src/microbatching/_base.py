@@ -58,6 +58,7 @@ class BatcherBase(EventEmitter):
         max_concurrent_batches: int = 1,
         max_pending: int | None = None,
         batch_timeout: float | None = None,
+        takes: str = "jobs",
         **unknown: Any,
     ) -> None:
         super().__init__()
@@ -72,6 +73,7 @@ class BatcherBase(EventEmitter):
             max_concurrent_batches=max_concurrent_batches,
             max_pending=max_pending,
             batch_timeout=batch_timeout,
+            takes=takes,
         )
         self.queue = queue
         adapter = self._adapter = make_adapter(queue)

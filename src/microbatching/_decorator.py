@@ -7,12 +7,11 @@ import functools
 import os
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Generic, Protocol, TypeVar, overload
 
 from ._async import AsyncMicroBatching
 from ._engine.processor import is_async_callable, resolve_processor
-from ._job import Job
 from ._options import Options, check_option_names
 from ._retry import RetryPolicy
 from ._sync import MicroBatching
@@ -31,18 +30,26 @@ class AsyncBatched(Protocol[T_contra, R]):
     ``f(item)`` is a coroutine, so it works wherever an ``async def`` call does
     (``asyncio.create_task``, ``TaskGroup.create_task``, ``asyncio.run``);
     ``f.nowait(item)`` returns the item's future at once, without a coroutine (the fastest
-    call, for hot loops).
+    call, for hot loops); ``await f.many(items)`` submits many at once and returns their
+    results in order (a failed item's exception in its slot).
     """
 
     def __call__(self, item: T_contra) -> Coroutine[Any, Any, R]: ...
 
     def nowait(self, item: T_contra) -> asyncio.Future[R]: ...
 
+    async def many(self, items: Iterable[T_contra]) -> list[Any]: ...
+
 
 class SyncBatched(Protocol[T_contra, R_co]):
-    """A plain function over a list, batched across threads: ``f(item)`` blocks for the result."""
+    """A plain function over a list, batched across threads: ``f(item)`` blocks for the result.
+
+    ``f.many(items)`` submits them all at once and returns their results in order.
+    """
 
     def __call__(self, item: T_contra) -> R_co: ...
+
+    def many(self, items: Iterable[T_contra]) -> list[Any]: ...
 
 
 class _Decorator(Generic[T, R]):
@@ -143,13 +150,19 @@ def _async_wrapper(target: Callable[..., Any], options: dict[str, Any]) -> Any:
         # _AsyncCaller.call, written inline: the hot path of every call.
         if running_loop() is not plain._loop:
             plain._start_on_running_loop()
-        return plain._batcher.submit_job_nowait(Job(None, first))
+        return plain._batcher.submit_nowait(first)
 
     @functools.wraps(target)
     async def wrapper(first: Any, second: Any = _NO_ITEM) -> Any:
         return await nowait(first, second)
 
+    async def many(items: Iterable[Any]) -> list[Any]:
+        """All ``items`` at once; their results in order (a failed item's exception in its slot)."""
+        results: list[Any] = await plain.many(items)
+        return results
+
     wrapper.nowait = nowait  # type: ignore[attr-defined]
+    wrapper.many = many  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -163,6 +176,11 @@ def _sync_wrapper(target: Callable[..., Any], options: dict[str, Any]) -> Any:
             return bound(first).call(second)
         return plain.call(first)
 
+    def many(items: Iterable[Any]) -> list[Any]:
+        """All ``items`` at once; their results in order (a failed item's exception in its slot)."""
+        return plain.many(items)
+
+    wrapper.many = many  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -186,15 +204,15 @@ class _AsyncCaller(_Caller):
     def call(self, item: Any) -> asyncio.Future[Any]:
         if asyncio.get_running_loop() is not self._loop:
             self._start_on_running_loop()
-        return self._batcher.submit_job_nowait(Job(None, item))
+        return self._batcher.submit_nowait(item)
+
+    def many(self, items: Any) -> Any:
+        if asyncio.get_running_loop() is not self._loop:
+            self._start_on_running_loop()
+        return self._batcher.submit_many(items)
 
     def _start_on_running_loop(self) -> None:
-        func = self._func
-
-        async def process(jobs: list[Job[Any]]) -> Any:
-            return await func([job.data for job in jobs])
-
-        batcher = AsyncMicroBatching(None, process, **self._options)
+        batcher = AsyncMicroBatching(None, self._func, takes="items", **self._options)
         batcher._raise_processor_errors()
         batcher.start()
         self._batcher = batcher
@@ -223,15 +241,18 @@ class _SyncCaller(_Caller):
         if batcher is None:
             with self._starting:
                 batcher = self._batcher = self._batcher or self._start()
-        return batcher.submit_job(Job(None, item)).result()
+        return batcher.submit(item).result()
+
+    def many(self, items: Any) -> list[Any]:
+        batcher = self._batcher
+        if batcher is None:
+            with self._starting:
+                batcher = self._batcher = self._batcher or self._start()
+        results: list[Any] = batcher.submit_many(items).result()
+        return results
 
     def _start(self) -> MicroBatching:
-        func = self._func
-
-        def process(jobs: list[Job[Any]]) -> Any:
-            return func([job.data for job in jobs])
-
-        batcher = MicroBatching(None, process, **self._options)
+        batcher = MicroBatching(None, self._func, takes="items", **self._options)
         batcher._raise_processor_errors()
         return batcher
 

@@ -138,7 +138,7 @@ class JobResult(concurrent.futures.Future[Any]):
     _cond: threading.Condition | None = None
     _done_callbacks: Any = ()
 
-    def __init__(self, job: Job[Any]) -> None:  # no super().__init__(): see the class doc
+    def __init__(self, job: Job[Any] | None) -> None:  # no super().__init__(): see the class doc
         self.job = job
 
     @property
@@ -237,18 +237,20 @@ class JobResult(concurrent.futures.Future[Any]):
             logger.exception("a done callback of %r raised", self)
 
     def __repr__(self) -> str:
-        return f"<JobResult job={self.job.id!r} {self._state.lower()}>"
+        of = "an item" if self.job is None else f"job={self.job.id!r}"
+        return f"<JobResult {of} {self._state.lower()}>"
 
 
 class _PlainJobResult(concurrent.futures.Future[Any]):
     """The handle on a Python whose Future internals differ: a plain Future and its job."""
 
-    def __init__(self, job: Job[Any]) -> None:
+    def __init__(self, job: Job[Any] | None) -> None:
         super().__init__()
         self.job = job
 
     def __repr__(self) -> str:
-        return f"<JobResult job={self.job.id!r} {'done' if self.done() else 'pending'}>"
+        of = "an item" if self.job is None else f"job={self.job.id!r}"
+        return f"<JobResult {of} {'done' if self.done() else 'pending'}>"
 
 
 if not FUTURE_INTERNALS_KNOWN:  # pragma: no cover - a CPython this module does not know

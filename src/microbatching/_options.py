@@ -44,6 +44,8 @@ class Options:
     max_concurrent_batches: int = 1
     max_pending: int | None = None
     batch_timeout: float | None = None
+    #: What the processor receives: ``"jobs"`` (``Job`` objects) or ``"items"`` (their data).
+    takes: str = "jobs"
 
     def __post_init__(self) -> None:
         positive_int("batch_size", self.batch_size)
@@ -67,6 +69,8 @@ class Options:
                 raise TypeError("max_batch_weight needs weight=, a callable giving each job's weight")
         elif self.weight is not None:
             raise TypeError("weight= has no effect without max_batch_weight=")
+        if self.takes not in ("jobs", "items"):
+            raise ValueError(f"takes must be 'jobs' or 'items', got {self.takes!r}")
         if self.retry is not None and not isinstance(self.retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {self.retry!r}")
 

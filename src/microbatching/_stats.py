@@ -223,6 +223,17 @@ class Histograms:
         self.processing_time = Histogram(SECONDS_BUCKETS)
 
 
+def _item_waits(batch: Batch, started: float, size: int) -> tuple[float, ...]:
+    """Waits of a batch of items, which keep no timestamp each: its first item waited since the
+    batch opened, its last since it closed; the samples between are spread evenly."""
+    oldest = started - batch.opened_at
+    newest = started - (batch.closed_at if batch.closed_at is not None else started)
+    count = min(size, _WAIT_SAMPLES)
+    if count == 1:
+        return (oldest,)
+    return tuple(oldest + (newest - oldest) * i / (count - 1) for i in range(count))
+
+
 class Recorder:
     """Keeps the last ``window`` batches and feeds observers; one per engine."""
 
@@ -259,7 +270,9 @@ class Recorder:
         started = batch.started_at
         if not size or started is None:
             return
-        if size <= _WAIT_SAMPLES:
+        if batch.futures is not None or batch.bulk is not None:
+            waits = _item_waits(batch, started, size)
+        elif size <= _WAIT_SAMPLES:
             waits = tuple(started - job._ready_at for job in jobs)
         else:
             last, steps = size - 1, _WAIT_SAMPLES - 1

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from time import monotonic as _monotonic  # a module global: the fastest lookup per submit
 from types import TracebackType
@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from ._base import BatcherBase, State
 from ._engine import Pending, ThreadSafePending
+from ._engine.items import Many, many_future_done
 from ._job import Job, JobResult, reset_handles_after_fork
 from ._stats import Stats
 
@@ -110,6 +111,43 @@ class MicroBatching(BatcherBase):
         if stored is not None:
             stored.result()
         return handle
+
+    def submit(self, item: Any, block: bool = True, timeout: float | None = None) -> JobResult:
+        """Accept one item (no ``Job`` needed) and return its handle; thread-safe, the fastest submit.
+
+        As ``submit_job`` otherwise: the processor gets the item as a job's data (or the item
+        itself, with ``takes="items"``); a Job is made for it only where one is needed.
+        """
+        if self._guarded:
+            return self.submit_job(Job(None, item), block, timeout)
+        handle = JobResult(None)
+        self._engine.inbox.submit_item(item, handle)
+        return handle
+
+    def submit_many(
+        self, items: Iterable[Any], block: bool = True, timeout: float | None = None
+    ) -> Future[list[Any]]:
+        """Submit many items at once; one handle whose ``result()`` is their results, in order.
+
+        The way to push many items: one call, batches of ``batch_size`` that leave at once.
+        An item that failed has its exception in its slot; the others are not held back by
+        it.  At ``max_pending`` it waits for room item by item (or with ``block=False`` raises).
+        """
+        values = list(items)
+        results: Future[list[Any]] = Future()
+        if not values:
+            results.set_result([])
+        elif self._guarded or self._buffer.announce is not None:  # each item must pass as a Job
+            self._gather([self.submit(value, block, timeout) for value in values], results)
+        else:
+            self._engine.inbox.submit_many(values, Many(len(values), many_future_done(results)))
+        return results
+
+    @staticmethod
+    def _gather(handles: list[JobResult], results: Future[list[Any]]) -> None:
+        collector = Many(len(handles), many_future_done(results))
+        for slot, handle in enumerate(handles):
+            handle.add_done_callback(lambda done, slot=slot: collector.set(slot, _outcome(done)))
 
     def _admit(self, job: Job[Any], block: bool, timeout: float | None) -> None:
         """The checks a plain running batcher can skip: lifecycle, encoding, then room."""
@@ -276,6 +314,11 @@ class MicroBatching(BatcherBase):
         _exit_hooks.discard(self)
 
 
+def _outcome(handle: JobResult) -> Any:
+    error = handle.exception()
+    return handle.result() if error is None else error
+
+
 _lifecycle_lock = threading.RLock()
 _STOP_LOCK = threading.Lock()
 _exit_hooks: weakref.WeakSet[MicroBatching] = weakref.WeakSet()
@@ -284,7 +327,7 @@ _started: weakref.WeakSet[MicroBatching] = weakref.WeakSet()
 
 def _drain_at_exit() -> None:
     batchers = list(_exit_hooks)
-    unfinished = sum(batcher._pending.count for batcher in batchers)
+    unfinished = sum(batcher._pending.count + batcher._engine.inbox.backlog for batcher in batchers)
     if unfinished:
         _say_draining(unfinished)
     for batcher in batchers:

@@ -18,6 +18,7 @@ from typing import Any
 
 from .._batch import Batch
 from .._job import Job
+from .items import Many, job_for, to_jobs
 from .pending import Pending
 
 __all__ = ["Buffer", "WeightError"]
@@ -36,6 +37,7 @@ class Buffer:
         "_limit",
         "_loop",
         "_max_weight",
+        "_now",
         "_on_bad_weight",
         "_on_ready",
         "_open",
@@ -71,7 +73,7 @@ class Buffer:
         self._ready: deque[Batch] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self.draining = False
-        self.triggers = {"size": 0, "time": 0, "weight": 0, "flush": 0, "shutdown": 0}
+        self.triggers = {"size": 0, "time": 0, "weight": 0, "flush": 0, "bulk": 0, "shutdown": 0}
         #: The job_added handlers, kept up to date by the batcher (empty: nobody listens).
         self.announce: Callable[[Job[Any]], None] | None = None
         #: Where admitted jobs go when not straight into the open batch (a queue's adapter,
@@ -81,8 +83,9 @@ class Buffer:
         #: checked once per batch, where a submit would touch the loop, not once per job).
         self.off_loop: Callable[[], None] | None = None
 
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+    def bind(self, loop: asyncio.AbstractEventLoop, now: Callable[[], float]) -> None:
         self._loop = loop
+        self._now = now
 
     # -- filling ---------------------------------------------------------------------------
 
@@ -100,7 +103,10 @@ class Buffer:
         if self.route is not None:
             self.route(job)
             return
-        jobs = self._open.jobs
+        batch = self._open
+        if batch.futures is not None:  # the open batch holds items: they become Jobs too
+            to_jobs(batch, self._now())
+        jobs = batch.jobs
         jobs.append(job)
         if len(jobs) >= self._limit:
             self._on_loop_or_undo(job)
@@ -109,13 +115,68 @@ class Buffer:
             self._on_loop_or_undo(job)
             self._opened(job)
 
-    def _on_loop_or_undo(self, job: Job[Any]) -> None:
+    def admit_item(self, item: Any, future: Any) -> None:
+        """A newly submitted item (no Job): counted, then put into the open batch with its future.
+
+        The hot path of ``submit_nowait(item)``: where a Job is needed (listeners, a queue
+        that takes jobs, weights, an open batch of Jobs) the item goes in as one.
+        """
+        batch = self._open
+        futures = batch.futures
+        if futures is None:  # the batch's first item (or the open batch holds Jobs)
+            self._first_item(batch, item, future)
+            return
+        self.pending.count += 1
+        items = batch.jobs
+        items.append(item)
+        futures.append(future)
+        if len(items) >= self._limit:
+            self._on_loop_or_undo(future)
+            self._close("size")
+
+    def _first_item(self, batch: Batch, item: Any, future: Any) -> None:
+        if batch.jobs or self.announce is not None or self.route is not None:
+            self.admit(job_for(item, future, self._now()))
+            return
+        self.pending.count += 1
+        batch.jobs.append(item)
+        batch.futures = [future]
+        self._on_loop_or_undo(future)
+        if self._limit == 1:
+            self._close("size")
+        else:
+            self._opened_at(self._now())
+
+    def add_many(self, items: list[Any], many: Many) -> None:
+        """The items of one ``submit_many`` call: batches of ``batch_size``, ready to run at once.
+
+        They have nobody to wait for, so even the last, partial batch leaves now.
+        """
+        self.pending.count += len(items)
+        limit = self._limit
+        now = self._now()
+        for offset in range(0, len(items), limit):
+            batch = Batch()
+            batch.jobs = items[offset : offset + limit]
+            batch.bulk, batch.offset = many, offset
+            batch.opened_at = batch.closed_at = now
+            batch.trigger = "size" if len(batch.jobs) == limit else "bulk"
+            self._ready.append(batch)
+        self._on_ready()
+
+    def _on_loop_or_undo(self, handle: Any) -> None:
         """Before a submit touches the loop (a timer, a batch to start): refuse one off its thread."""
         if self.off_loop is None or _get_running_loop() is self._loop:
             return
-        self._open.jobs.pop()
+        batch = self._open
+        batch.jobs.pop()
+        if batch.futures is not None:
+            batch.futures.pop()
+            if not batch.futures:
+                batch.futures = None
+        else:
+            handle._handle = None  # a Job: it may be submitted again
         self.pending.count -= 1
-        job._handle = None
         self.off_loop()
 
     def add(self, job: Job[Any]) -> None:
@@ -123,6 +184,8 @@ class Buffer:
         if self._weigh is not None:
             self._add_weighed(job)
             return
+        if self._open.futures is not None:  # the open batch holds items: they become Jobs too
+            to_jobs(self._open, self._now())
         jobs = self._open.jobs
         jobs.append(job)
         if len(jobs) >= self._limit:
@@ -150,12 +213,15 @@ class Buffer:
 
     def _opened(self, job: Job[Any]) -> None:
         # The time trigger counts from the moment the batch's first job became ready.
-        self._open.opened_at = job._ready_at
+        self._opened_at(job._ready_at)
+
+    def _opened_at(self, ready_at: float) -> None:
+        self._open.opened_at = ready_at
         if self.draining:
             self._open.due = "shutdown"
             self._on_ready()
         else:
-            self._timer = self._loop.call_at(job._ready_at + self._interval, self._on_timer)
+            self._timer = self._loop.call_at(ready_at + self._interval, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -165,6 +231,7 @@ class Buffer:
     def _close(self, trigger: str) -> None:
         batch = self._open
         batch.trigger = trigger
+        batch.closed_at = self._now()
         self._open = Batch()
         self._cancel_timer()
         self._ready.append(batch)
@@ -205,6 +272,9 @@ class Buffer:
             return
         self._limit = batch_size
         jobs = self._open.jobs
+        if len(jobs) >= batch_size:
+            to_jobs(self._open, self._now())
+            jobs = self._open.jobs
         while len(jobs) >= batch_size:
             head, jobs = jobs[:batch_size], jobs[batch_size:]
             self._open.jobs = head
@@ -223,8 +293,11 @@ class Buffer:
         self._on_ready()
 
     def take_all(self) -> list[Job[Any]]:
-        """Empty the buffer (shutdown gave up on its jobs); returns them."""
+        """Empty the buffer (shutdown gave up on its jobs); returns them (items as Jobs)."""
         self._cancel_timer()
+        now = self._now()
+        for batch in (*self._ready, self._open):
+            to_jobs(batch, now)
         jobs = [job for batch in (*self._ready, self._open) for job in batch.jobs]
         self._ready.clear()
         self._open = Batch()

@@ -24,6 +24,7 @@ from ..adapters.base import Adapter
 from ..errors import JobCancelledError, ShutdownError
 from .buffer import Buffer
 from .inbox import Inbox
+from .items import to_jobs
 from .outcomes import Outcomes
 from .pending import Pending
 from .processor import check_results, resolve_processor
@@ -36,6 +37,16 @@ __all__ = ["Engine"]
 
 logger = logging.getLogger("microbatching")
 
+#: Events whose handlers receive Jobs (a batch of items gets Jobs made when one listens).
+_JOB_EVENTS = (
+    "batch_started",
+    "batch_completed",
+    "batch_failed",
+    "job_completed",
+    "job_failed",
+    "job_retrying",
+)
+
 
 class Engine:
     """Batches accepted jobs and runs them through the processor."""
@@ -45,6 +56,8 @@ class Engine:
     ) -> None:
         self.options = options
         func, is_async = resolve_processor(processor)
+        #: The processor takes the jobs' data, not the jobs (``takes="items"``).
+        self.takes_items = options.takes == "items"
         self._emitter = emitter
         self._adapter = adapter
         self.pending = pending
@@ -61,7 +74,7 @@ class Engine:
         )
         if not adapter.direct:
             self.buffer.route = adapter.admit
-        self.inbox = Inbox(self.buffer.admit, self.deliver, self._refuse_late)
+        self.inbox = Inbox(self.buffer, self.deliver, self._refuse_late)
         self.recorder = Recorder()  # per-batch statistics, read by stats() and exporters
         #: Re-raise KeyboardInterrupt/SystemExit from a processor: only on the caller's own
         #: loop (AsyncMicroBatching), never on MicroBatching's private loop thread.
@@ -80,7 +93,7 @@ class Engine:
         # monotonic one (a custom loop, like a test's virtual clock, keeps its own).
         default_clock = type(loop).time is asyncio.BaseEventLoop.time
         self.now: Callable[[], float] = time.monotonic if default_clock else loop.time
-        self.buffer.bind(loop)
+        self.buffer.bind(loop, self.now)
         self.outcomes.bind(loop, self.now)
         self.inbox.bind(loop)
         self.runner.start()
@@ -152,16 +165,21 @@ class Engine:
 
     async def _run(self, batch: Batch) -> None:
         batch.running = True
-        jobs = self.outcomes.start_attempts(batch)
+        items = batch.futures is not None or batch.bulk is not None
+        if items and not self._items_run_as_they_are():
+            to_jobs(batch, self.now())
+            items = False
+        jobs = self.outcomes.start_items(batch) if items else self.outcomes.start_attempts(batch)
         batch.started_at = self.now()
-        if self._emitter.listening("batch_started"):
+        if not items and self._emitter.listening("batch_started"):
             self._emitter.emit("batch_started", batch)
         results: list[Any] = []
         error: BaseException | None = None
         self._in_flight += len(jobs)
         try:
             if jobs:
-                results = check_results(await self.runner.call(jobs), len(jobs))
+                given = [job.data for job in jobs] if self.takes_items and not items else jobs
+                results = check_results(await self.runner.call(given), len(jobs))
         except asyncio.CancelledError as exc:
             error = JobCancelledError("job abandoned at shutdown") if self.outcomes.abandoning else exc
         except BaseException as exc:
@@ -182,21 +200,29 @@ class Engine:
         ended: float,
     ) -> None:
         try:
-            if error is None:
+            if batch.futures is not None or batch.bulk is not None:  # items, run without Jobs
+                self.outcomes.settle_items(batch, jobs, results, error)
+            elif error is None:
                 self.outcomes.settle(batch, jobs, results)
             else:
                 self.outcomes.fail_batch(batch, jobs, error)
             self.recorder.record(batch, jobs, results, ended, error)
         except Exception as exc:  # a bug in a hook (an adapter, say): strand no job, stop nothing
             logger.exception("settling batch %s failed; failing its unsettled jobs", batch.id)
-            self.outcomes.fail_unsettled(jobs, exc)
+            to_jobs(batch, self.now())
+            self.outcomes.fail_unsettled(batch.jobs, exc)
         finally:
             batch.settled = True
+
+    def _items_run_as_they_are(self) -> bool:
+        """Whether a batch of items can run without a Job made for each: nothing asks for one."""
+        return self.takes_items and not any(map(self._emitter.listening, _JOB_EVENTS))
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         batch = self._tasks.pop(task)
         self._running -= 1
         if not batch.settled:
+            to_jobs(batch, self.now())
             self._settle_unstarted(batch)
         if not self._closed:
             self._pump()

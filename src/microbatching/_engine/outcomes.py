@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import operator
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from .._batch import Batch
 from .._job import Job
 from ..errors import JobCancelledError, JobFailedError, ShutdownError
+from .items import job_for_slot
 from .pending import Pending
 
 if TYPE_CHECKING:
@@ -27,6 +30,7 @@ __all__ = ["Outcomes"]
 logger = logging.getLogger("microbatching")
 
 _ALREADY_SETTLED = (asyncio.InvalidStateError, concurrent.futures.InvalidStateError)
+_is_done = operator.methodcaller("done")
 
 
 class Outcomes:
@@ -78,7 +82,64 @@ class Outcomes:
         job._handle = None  # out of the batcher: the Job may be submitted again
         return True
 
+    def start_items(self, batch: Batch) -> list[Any]:
+        """A batch of items starts: drop the ones whose future was cancelled meanwhile."""
+        futures = batch.futures
+        if futures is not None and any(map(_is_done, futures)):
+            self._drop_cancelled_items(batch)
+        return batch.jobs
+
+    def _drop_cancelled_items(self, batch: Batch) -> None:
+        futures = batch.futures or []
+        kept = [(item, f) for item, f in zip(batch.jobs, futures, strict=True) if not f.done()]
+        dropped = len(futures) - len(kept)
+        self.counts["cancelled"] += dropped
+        self._pending.done(dropped)
+        batch.jobs = [item for item, _ in kept]
+        batch.futures = [f for _, f in kept]
+
     # -- a batch ends ------------------------------------------------------------------------
+
+    def settle_items(
+        self, batch: Batch, items: list[Any], results: Sequence[Any], error: BaseException | None
+    ) -> None:
+        """A batch of items ended: results to their futures (or ``submit_many``'s list), failures retried."""
+        failed: list[tuple[int, BaseException]]
+        if error is not None:
+            self.counts["processor_errors"] += 1
+            failed = [(slot, error) for slot in range(len(items))]
+        elif batch.bulk is not None:
+            failed = [(slot, r) for slot, r in enumerate(results) if isinstance(r, Exception)]
+            if not failed:
+                batch.bulk.fill(batch.offset, results)
+            else:
+                for slot, result in enumerate(results):
+                    if not isinstance(result, Exception):
+                        batch.bulk.set(batch.offset + slot, result)
+        elif not any(map(isinstance, results, repeat(Exception))):  # the common case, checked in C
+            failed = []
+            for future, result in zip(batch.futures or [], results, strict=False):
+                try:
+                    future.set_result(result)
+                except _ALREADY_SETTLED:  # cancelled by its submitter while the batch ran
+                    pass
+        else:
+            failed = []
+            for slot, (future, result) in enumerate(zip(batch.futures or [], results, strict=True)):
+                if isinstance(result, Exception):
+                    failed.append((slot, result))
+                    continue
+                try:
+                    future.set_result(result)
+                except _ALREADY_SETTLED:
+                    pass
+        done = len(items) - len(failed)
+        self.counts["completed"] += done
+        self._pending.done(done)
+        for slot, exc in failed:  # a failed item needs a Job: its attempts, its retry
+            job = job_for_slot(batch, slot)
+            job.attempts = 1
+            self.fail_job(job, exc)
 
     def settle(self, batch: Batch, jobs: list[Job[Any]], results: Sequence[Any]) -> None:
         """Give each job its result; an ``Exception`` in a slot fails that job alone."""
