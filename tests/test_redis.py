@@ -480,6 +480,8 @@ def test_round_trips_per_batch_as_the_server_counts_them(private: PrivateRedis) 
     queue_url = f"{private.url}?name=counted"
     jobs, batch = 2000, 100
 
+    calls = 0
+
     async def main() -> collections.Counter[str]:
         seen: list[dict[str, Any]] = []
         ready = asyncio.Event()
@@ -492,7 +494,8 @@ def test_round_trips_per_batch_as_the_server_counts_them(private: PrivateRedis) 
         processed = 0
 
         async def process(batch_jobs: list[Job[Any]]) -> list[Any]:
-            nonlocal processed
+            nonlocal processed, calls
+            calls += 1
             processed += len(batch_jobs)
             if processed >= jobs:
                 done.set()
@@ -513,11 +516,13 @@ def test_round_trips_per_batch_as_the_server_counts_them(private: PrivateRedis) 
         return counts
 
     counts = asyncio.run(main())
-    batches = jobs // batch
-    print(f"\nclient commands for {jobs} jobs in batches of {batch}: {dict(counts)}")
+    # A claim can come back short while the producer's jobs are still landing, so count
+    # the batches the processor actually saw (about jobs / batch) rather than assume it.
+    assert calls <= jobs // batch + 3, calls
+    print(f"\nclient commands for {jobs} jobs in {calls} batches: {dict(counts)}")
     assert counts["script enqueue"] == 2  # 1,000 jobs per script, both in one MULTI/EXEC
     hot = ("script claim", "script ack", "script extend", "xread")
-    assert sum(counts[name] for name in hot) <= 2 * batches + 3, counts  # a claim and an ack per batch
+    assert sum(counts[name] for name in hot) <= 2 * calls + 3, counts  # a claim and an ack per batch
     per_job = {"xadd", "xack", "xreadgroup", "xclaim", "xdel", "zadd", "zrem", "hset"}
     assert not per_job & set(counts), counts
     # The rest is per connection and per handle: CLIENT SETNAME, loading the scripts, setup.

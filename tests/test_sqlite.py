@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import decimal
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from microbatching import Job, MicroBatching
 from microbatching.errors import MicroBatchingError
-from microbatching.queues import SQLiteQueue
+from microbatching.queues import ClaimQueue, SQLiteQueue, WorkerInfo
 from microbatching.queues import sqlite as sqlite_module
 from microbatching.queues._serialization import JsonSerializer, PayloadTooLargeError, SerializationError
 
@@ -177,3 +178,69 @@ def test_the_fast_paths_that_lean_on_cpython_internals_are_in_use_here() -> None
 
     assert FAST_JSON_ENCODER, "json.encoder.c_make_encoder changed: the JSON fast path is off"
     assert FUTURE_INTERNALS_KNOWN, "concurrent.futures.Future changed: JobResult falls back to a plain Future"
+
+
+def _worker_info(worker_id: str, last_seen: float) -> WorkerInfo:
+    return WorkerInfo(worker_id, "host-a", 123, "procs:echo", last_seen - 60, last_seen, done=5, failed=1)
+
+
+def test_workers_are_tracked_by_heartbeat_and_forgotten_when_they_stop(tmp_path: Path) -> None:
+    async def main() -> None:
+        queue = SQLiteQueue(tmp_path / "q.db")
+        try:
+            now = time.time()
+            assert await queue.workers() == []
+            assert await queue.heartbeat(_worker_info("a", now)) is True
+            assert await queue.heartbeat(_worker_info("b", now - 100)) is True  # silent for 100 s
+            assert await queue.heartbeat(_worker_info("a", now + 1)) is True  # a's row is rewritten
+            assert [(w.id, w.last_seen, w.done) for w in await queue.workers()] == [("a", now + 1, 5)]
+            assert {w.id for w in await queue.workers(max_age=1000)} == {"a", "b"}
+            await queue.forget_worker("a")
+            assert await queue.workers() == []
+            await queue.drop()  # the workers table goes with the rest
+        finally:
+            await queue.close()
+        conn = sqlite3.connect(tmp_path / "q.db")
+        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == [
+            ("sqlite_sequence",)
+        ]
+        conn.close()
+
+    run(main())
+
+
+def test_a_read_only_handle_on_a_file_without_a_workers_table_lists_none_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        queue = SQLiteQueue(tmp_path / "q.db")
+        await queue.stats()  # creates the queue
+        await queue.close()
+        conn = sqlite3.connect(tmp_path / "q.db")
+        conn.execute("DROP TABLE mb_workers")  # a file from before the workers table
+        conn.close()
+        reader = SQLiteQueue(tmp_path / "q.db", create=False)
+        try:
+            assert await reader.workers() == []
+            assert await reader.heartbeat(_worker_info("a", time.time())) is False
+            await reader.forget_worker("a")
+        finally:
+            await reader.close()
+        conn = sqlite3.connect(tmp_path / "q.db")
+        assert ("mb_workers",) not in conn.execute("SELECT name FROM sqlite_master").fetchall()
+        conn.close()
+
+    run(main())
+
+
+def test_a_queue_that_does_not_track_workers_says_so_by_default(tmp_path: Path) -> None:
+    async def main() -> None:
+        queue = SQLiteQueue(tmp_path / "q.db")
+        try:  # the ClaimQueue defaults, which a queue without a workers list keeps
+            assert await ClaimQueue._workers(queue, 30.0) is None
+            assert await ClaimQueue._heartbeat(queue, _worker_info("a", time.time())) is False
+            assert ClaimQueue.atomic_enqueue_limit is None
+        finally:
+            await queue.close()
+
+    run(main())

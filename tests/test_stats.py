@@ -97,6 +97,7 @@ def test_window_is_bounded() -> None:
 
     class FakeBatch:
         id, trigger, started_at = 1, "size", 10.0
+        futures = bulk = None
 
     job = Job(1, 1)
     job._ready_at = 9.0
@@ -111,6 +112,7 @@ def test_queue_wait_samples_large_batches_by_their_share() -> None:
 
     class FakeBatch:
         id, trigger, started_at = 1, "size", 100.0
+        futures = bulk = None
 
     jobs = [Job(i, i) for i in range(101)]
     for i, job in enumerate(jobs):

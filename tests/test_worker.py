@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from microbatching._worker import redact
 from microbatching.cli import main
+from microbatching.queues import redact
 
 PROCESSORS = '''
 import os, time
@@ -77,7 +77,7 @@ def test_enqueue_refuses_bad_input_and_stores_nothing(
     assert "argument 2 is not JSON" in capsys.readouterr().err
     assert cli("enqueue", "--with-ids", '{"data": 1, "id": "a"}', "7") == 2
     assert '{"id": ..., "data": ...}' in capsys.readouterr().err
-    assert stats(capsys)["pending"] == 0
+    assert not (workdir / "microbatching.db").exists()  # nothing stored, not even the queue
 
 
 def test_worker_until_empty_then_dead_letters_list_requeue_purge(
@@ -87,7 +87,7 @@ def test_worker_until_empty_then_dead_letters_list_requeue_purge(
     process = worker(workdir, "procs:picky", "--batch-size", "4", "--batch-interval", "0.01",
                      "--max-attempts", "2", "--retry-delay", "0.01", "--until-empty")
     _, err = process.communicate(timeout=30)
-    assert process.returncode == 0, err.decode()
+    assert process.returncode == 4, err.decode()  # --until-empty, and jobs were dead-lettered
     assert b"stopped after" in err  # a plain log line, not a terminal
     figures = stats(capsys)
     assert (figures["done"], figures["dead"], figures["pending"], figures["in_flight"]) == (3, 3, 0, 0)
@@ -97,7 +97,7 @@ def test_worker_until_empty_then_dead_letters_list_requeue_purge(
     assert {(d["attempts"], d["error"]) for d in dead} == {(2, "ValueError: no odd numbers")}
     assert cli("dead-letters", "purge") == 2  # neither keys nor --all
     assert cli("dead-letters", "requeue", dead[0]["key"]) == 0
-    assert "requeued 1 dead letters" in capsys.readouterr().out
+    assert "requeued 1 dead letter\n" in capsys.readouterr().out
     assert cli("dead-letters", "purge", "--all") == 0
     assert "purged 2 dead letters" in capsys.readouterr().out
     figures = stats(capsys)
@@ -196,7 +196,7 @@ def test_live_progress_on_a_terminal(workdir: Path) -> None:
 
 
 def test_a_processor_class_is_instantiated(workdir: Path) -> None:
-    from microbatching._worker import load_processor
+    from microbatching.worker.run import load_processor
 
     processor = load_processor("procs:Doubler")
     assert type(processor).__name__ == "Doubler"

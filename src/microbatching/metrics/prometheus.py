@@ -17,7 +17,6 @@ Needs ``pip install 'microbatching[prometheus]'``.
 
 from __future__ import annotations
 
-import argparse
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -33,7 +32,6 @@ _utils: Any = require("prometheus_client.utils", "prometheus")
 __all__ = [
     "Instrumentation",
     "MetricsServer",
-    "add_metrics_port_option",
     "instrument",
     "serve",
     "start_metrics_server",
@@ -211,36 +209,20 @@ def serve(port: int, addr: str = "127.0.0.1", registry: Any = None) -> MetricsSe
     return MetricsServer(server, thread)
 
 
-def add_metrics_port_option(parser: argparse.ArgumentParser) -> None:
-    """Add ``--metrics-port`` and ``--metrics-addr`` to a command line (the worker's, say)."""
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=None,
-        metavar="PORT",
-        help="serve Prometheus metrics on this port at /metrics (needs microbatching[prometheus])",
-    )
-    parser.add_argument(
-        "--metrics-addr",
-        default="0.0.0.0",
-        metavar="ADDR",
-        help="address of the metrics server (default 0.0.0.0: every interface)",
-    )
-
-
 def start_metrics_server(
-    args: argparse.Namespace, batcher: Any, *, name: str = "worker"
-) -> MetricsServer | None:
-    """For a CLI: with ``--metrics-port``, export ``batcher`` on a fresh registry and serve it.
+    batcher: Any, port: int, addr: str = "127.0.0.1", *, name: str = "worker"
+) -> MetricsServer:
+    """Export ``batcher`` on a fresh registry and serve it at ``http://addr:port/metrics``.
 
-    Returns the :class:`MetricsServer` (close it at exit), or ``None`` without ``--metrics-port``.
+    What the worker's ``--metrics-port``/``--metrics-addr`` run.  ``addr`` defaults to the
+    loopback interface (this machine only); ``"0.0.0.0"`` serves every interface.
+    ``port=0`` picks a free port (see ``MetricsServer.port``).  Close the server at exit.
     """
-    port = getattr(args, "metrics_port", None)
-    if port is None:
-        return None
     registry = _client.CollectorRegistry()
     handle = instrument(batcher, registry, name=name)
-    server, thread = _client.start_http_server(
-        port, addr=getattr(args, "metrics_addr", "0.0.0.0"), registry=registry
-    )
+    try:
+        server, thread = _client.start_http_server(port, addr=addr, registry=registry)
+    except BaseException:
+        handle.close()
+        raise
     return MetricsServer(server, thread, on_close=handle.close)

@@ -9,7 +9,7 @@ from typing import Any
 
 from ._base import ClaimQueue, QueueInterface
 from ._registry import open_queue, redact, register_scheme
-from ._types import DeadLetter, Lease, Message, QueueCapabilities, QueueStats
+from ._types import DeadLetter, Lease, Message, QueueCapabilities, QueueStats, WorkerInfo
 from .memory import MemoryQueue
 from .sqlite import SQLiteQueue
 
@@ -28,6 +28,7 @@ __all__ = [
     "QueueCapabilities",
     "QueueInterface",
     "QueueStats",
+    "WorkerInfo",
 ]
 
 #: Broker queues, imported on first use (their client libraries are optional extras):

@@ -26,7 +26,16 @@ from ..errors import JobFailedError, MicroBatchingError, QueueError
 from ._portal import Portal
 from ._registry import redact, scrub
 from ._serialization import DEFAULT_MAX_PAYLOAD_BYTES, Serializer, encode, resolve_serializer
-from ._types import Claimed, DeadLetter, Lease, Message, QueueCapabilities, QueueStats, StoredDeadLetter
+from ._types import (
+    Claimed,
+    DeadLetter,
+    Lease,
+    Message,
+    QueueCapabilities,
+    QueueStats,
+    StoredDeadLetter,
+    WorkerInfo,
+)
 
 __all__ = ["ClaimQueue", "QueueInterface", "describe_failure"]
 
@@ -96,7 +105,9 @@ class ClaimQueue(ABC):
     A queue implements the primitives (``_enqueue``, ``_claim``, ``_ack``, ``_retry``,
     ``_release``, ``_dead_letter``, ``_extend``, ``_stats``, ``_dead_letters``,
     ``_requeue_dead``, ``_purge_dead``, ``_drop``, ``_close``, ``_clone``); each receives
-    validated, non-empty input and returns what the broker did.  With ``create=False``
+    validated, non-empty input and returns what the broker did.  Optional primitives
+    (``_heartbeat``, ``_forget_worker``, ``_workers``) keep a list of live workers; by
+    default a queue does not track them.  With ``create=False``
     a queue creates nothing: a missing queue raises
     :class:`~microbatching.errors.InvalidQueueError` (read-only commands use this).
     """
@@ -111,6 +122,11 @@ class ClaimQueue(ABC):
     #: (``MicroBatching.submit_job``, ``await AsyncMicroBatching.submit_job``) waits while
     #: this many are unwritten, so a crash of the submitting process loses at most these.
     max_unstored: int = 1000
+    #: How many messages one ``enqueue`` call stores all-or-none: ``None`` for any number
+    #: (one transaction).  A queue that can promise it only up to some count says so (1 if
+    #: each message is stored on its own); bulk producers such as ``microbatching enqueue``
+    #: then send chunks of that size, so a failure midway can say exactly what was stored.
+    atomic_enqueue_limit: ClassVar[int | None] = None
 
     def __init__(
         self,
@@ -351,6 +367,28 @@ class ClaimQueue(ABC):
             return 0
         return await self._call(self._purge_dead(None if keys is None else list(keys)))
 
+    # -- live workers (optional: a queue that does not track them keeps the defaults) -----------
+
+    async def heartbeat(self, worker: WorkerInfo) -> bool:
+        """Record that ``worker`` is alive, with its figures; ``False`` if the queue does not track workers.
+
+        A worker calls this every few seconds while it runs, and ``forget_worker`` when it
+        stops; ``workers()`` lists those seen lately (``microbatching stats`` shows them).
+        """
+        self._check_open()
+        return await self._call(self._heartbeat(worker))
+
+    async def forget_worker(self, worker_id: str) -> None:
+        """Remove a stopped worker from the list (nothing if the queue does not track workers)."""
+        self._check_open()
+        await self._call(self._forget_worker(worker_id))
+
+    async def workers(self, max_age: float = 30.0) -> list[WorkerInfo] | None:
+        """Workers whose last heartbeat is at most ``max_age`` seconds old, oldest first;
+        ``None`` when the queue does not track workers."""
+        self._check_open()
+        return await self._call(self._workers(_seconds("max_age", max_age)))
+
     async def drop(self) -> None:
         """Delete the queue from the broker: its jobs, dead letters and everything it created."""
         self._check_open()
@@ -449,6 +487,18 @@ class ClaimQueue(ABC):
     @abstractmethod
     async def _purge_dead(self, keys: list[str] | None) -> int:
         """Delete dead letters."""
+
+    async def _heartbeat(self, worker: WorkerInfo) -> bool:
+        """Store ``worker``'s row (optional; the default: workers are not tracked)."""
+        return False
+
+    async def _forget_worker(self, worker_id: str) -> None:
+        """Delete the worker's row (optional; the default has none to delete)."""
+        return None
+
+    async def _workers(self, max_age: float) -> list[WorkerInfo] | None:
+        """The workers seen within ``max_age`` seconds (optional; ``None``: not tracked)."""
+        return None
 
     @abstractmethod
     async def _drop(self) -> None:

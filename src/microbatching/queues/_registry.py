@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import InvalidQueueError
 
@@ -30,8 +30,10 @@ _SECRET_PARAMS = frozenset(
     {"password", "passwd", "pwd", "pass", "secret", "token", "auth", "sslpassword", "nkey", "jwt",
      "creds", "credentials", "api_key", "apikey", "access_token"}
 )  # fmt: skip
-_USERINFO = re.compile(r"(//[^/@?#]*?:)[^/@?#]*@")
-_QUERY_SECRET = re.compile(r"([?&](?:" + "|".join(sorted(_SECRET_PARAMS)) + r")=)[^&#]*", re.IGNORECASE)
+# Credentials: from // to the last @ before a space or quote (sqlite:///path has none).
+_USERINFO = re.compile(r"(?<!/)//(?!/)([^\s'\"<>]*)@")
+_SECRET_NAMES = "|".join(sorted(_SECRET_PARAMS))
+_QUERY_SECRET = re.compile(r"([?&;](?:" + _SECRET_NAMES + r")=)([^&;#\s'\"<>]*)", re.IGNORECASE)
 
 
 def register_scheme(scheme: str, module: str, cls: str, extra: str = "") -> None:
@@ -122,20 +124,40 @@ def _convert(name: str, text: str, kind: type) -> Any:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password and secret query values replaced by ``***`` (never raises)."""
-    text = str(url)
-    text = _USERINFO.sub(r"\1***@", text)
-    return _QUERY_SECRET.sub(r"\1***", text)
+    """``url`` (or a message holding URLs) with passwords, tokens and secret query values as ``***``.
+
+    Never raises.  Whatever lies between ``//`` and the last ``@`` of a URL is taken for
+    credentials, even with characters a URL would need escaped (``redis://u:p@ss/w@host``):
+    better a URL shown with too much hidden than a password shown.
+    """
+    try:
+        text = _USERINFO.sub(_hide_userinfo, str(url))
+        return _QUERY_SECRET.sub(r"\1***", text)
+    except Exception:  # a message without the URL beats no message
+        return "<the queue URL>"
+
+
+def _hide_userinfo(match: re.Match[str]) -> str:
+    user, colon, _ = match.group(1).partition(":")
+    return f"//{user}:***@" if colon else "//***@"
 
 
 def scrub(message: str, url: str) -> str:
-    """``message`` with every secret of ``url`` replaced by ``***`` (for client errors)."""
-    for secret in _secrets_of(url):
-        message = message.replace(secret, "***")
+    """``message`` with every secret of ``url`` replaced by ``***`` (for client errors); never raises."""
+    try:
+        for secret in _secrets_of(str(url)):
+            message = message.replace(secret, "***")
+    except Exception:
+        pass
     return redact(message)
 
 
 def _secrets_of(url: str) -> list[str]:
-    found = [match.group(0)[match.group(0).rfind(":") + 1 : -1] for match in _USERINFO.finditer(url)]
-    found += [m.group(0).split("=", 1)[1] for m in _QUERY_SECRET.finditer(url)]
-    return [secret for secret in found if len(secret) >= 3]
+    """The passwords (or tokens) and secret query values in ``url``, also percent-decoded, longest first."""
+    found = []
+    for match in _USERINFO.finditer(url):
+        user, colon, password = match.group(1).partition(":")
+        found.append(password if colon else user)
+    found += [match.group(2) for match in _QUERY_SECRET.finditer(url)]
+    variants = {variant for secret in found for variant in (secret, unquote(secret))}
+    return sorted((secret for secret in variants if len(secret) >= 3), key=len, reverse=True)

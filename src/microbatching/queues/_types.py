@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Claimed", "DeadLetter", "Lease", "Message", "QueueCapabilities", "QueueStats", "StoredDeadLetter"]
+__all__ = [
+    "Claimed",
+    "DeadLetter",
+    "Lease",
+    "Message",
+    "QueueCapabilities",
+    "QueueStats",
+    "StoredDeadLetter",
+    "WorkerInfo",
+]
 
 
 @dataclass(frozen=True)
@@ -149,3 +158,22 @@ class StoredDeadLetter:
     error: str
     failed_at: float
     traceback: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker process as a queue that tracks workers records it (see ``ClaimQueue.heartbeat``).
+
+    ``id`` names the worker (unique per process and start); ``host``, ``pid`` and
+    ``processor`` say where it runs and what; ``started_at`` and ``last_seen`` are Unix
+    times; ``done`` and ``failed`` its job counts as of its last heartbeat.
+    """
+
+    id: str
+    host: str
+    pid: int
+    processor: str
+    started_at: float
+    last_seen: float
+    done: int = 0
+    failed: int = 0

@@ -18,7 +18,7 @@ from ._base import ClaimQueue
 from ._registry import resolve_options
 from ._serialization import DEFAULT_MAX_PAYLOAD_BYTES, Serializer
 from ._table import DEAD_COLUMNS, JOB_COLUMNS, SCHEMA_VERSION, JobTable, claimed_row, queue_stats, worker_lost
-from ._types import Claimed, Lease, Message, QueueCapabilities, QueueStats, StoredDeadLetter
+from ._types import Claimed, Lease, Message, QueueCapabilities, QueueStats, StoredDeadLetter, WorkerInfo
 
 __all__ = ["SQLiteQueue"]
 
@@ -53,12 +53,26 @@ CREATE TABLE IF NOT EXISTS {dead} (
 CREATE TABLE IF NOT EXISTS {meta} (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO {meta} VALUES ('done', '0');
 """
+# Live workers: one row each, rewritten at every heartbeat, deleted when the worker stops.
+_WORKERS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS {workers} (
+    id           TEXT    PRIMARY KEY,
+    host         TEXT    NOT NULL,
+    pid          INTEGER NOT NULL,
+    processor    TEXT    NOT NULL,
+    started_at   REAL    NOT NULL,
+    last_seen    REAL    NOT NULL,
+    done         INTEGER NOT NULL,
+    failed       INTEGER NOT NULL
+);
+"""
 
 # Expired leases after the last attempt; answered from the small leased-jobs index.
 _EXHAUSTED = (
     "SELECT seq, token, attempts FROM {jobs} WHERE available_at <= ? AND token IS NOT NULL AND attempts >= ?"
 )
 _CHUNK = 500  # bound parameters per statement: old SQLite builds allow 999
+_FORGET_WORKERS_AFTER = 86400.0  # rows of workers killed without saying goodbye, pruned a day on
 #: The options a URL's query may carry, with their types and defaults.
 _OPTIONS: dict[str, tuple[type, Any]] = {"serializer": (str, "json"), "lease": (float, 30.0),
             "busy_timeout": (float, 30.0), "synchronous": (str, "NORMAL"), "name": (str, "mb")}  # fmt: skip
@@ -79,7 +93,9 @@ class SQLiteQueue(ClaimQueue):
     encoded data.  ``lease`` is how long a claim lasts (batchers renew it while a job is
     worked on).  ``synchronous`` is SQLite's setting: ``"NORMAL"`` survives any process
     crash; ``"FULL"`` also survives power loss, at a cost per commit.  ``name`` picks the
-    tables (``<name>_jobs``, ...), so one file can hold several queues.  With
+    tables (``<name>_jobs``, ``<name>_dead``, ``<name>_meta``, ``<name>_workers``), so one
+    file can hold several queues.  Workers' heartbeats go to ``<name>_workers``, which
+    ``microbatching stats`` lists.  With
     ``create=False`` nothing is created or changed: a missing file or one that is not a
     queue raises :class:`~microbatching.errors.InvalidQueueError`.  Options may also be
     given in the URL's query: ``sqlite:///jobs.db?lease=60``.
@@ -248,6 +264,15 @@ class SQLiteQueue(ClaimQueue):
     async def _purge_dead(self, keys: list[str] | None) -> int:
         return await self._run(_purge_dead, keys)
 
+    async def _heartbeat(self, worker: WorkerInfo) -> bool:
+        return await self._run(_heartbeat, worker)
+
+    async def _forget_worker(self, worker_id: str) -> None:
+        await self._run(_forget_worker, worker_id)
+
+    async def _workers(self, max_age: float) -> list[WorkerInfo] | None:
+        return await self._run(_workers, max_age)
+
     async def _drop(self) -> None:
         await self._run(_drop)
 
@@ -295,7 +320,9 @@ def _create_schema(conn: sqlite3.Connection, table: JobTable, serializer: str) -
     """Create the tables (or bring an older file's up to date) in one write transaction."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in _SCHEMA.format(jobs=table.jobs, dead=table.dead, meta=table.meta).split(";"):
+        schema = _SCHEMA.format(jobs=table.jobs, dead=table.dead, meta=table.meta)
+        schema += _WORKERS_SCHEMA.format(workers=_workers_table(table))
+        for statement in schema.split(";"):
             if statement.strip():
                 conn.execute(statement)
         dead_columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table.dead})")}
@@ -457,8 +484,50 @@ def _purge_dead(conn: sqlite3.Connection, table: JobTable, keys: list[str] | Non
     return purged
 
 
+def _workers_table(table: JobTable) -> str:
+    return f"{table.name}_workers"
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return found.fetchone() is not None
+
+
+def _heartbeat(conn: sqlite3.Connection, table: JobTable, worker: WorkerInfo) -> bool:
+    workers = _workers_table(table)
+    if not _has_table(conn, workers):  # a file opened with create=False, from before the table
+        return False
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(
+        f"INSERT OR REPLACE INTO {workers} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (worker.id, worker.host, worker.pid, worker.processor, worker.started_at, worker.last_seen,
+         worker.done, worker.failed),
+    )  # fmt: skip
+    conn.execute(f"DELETE FROM {workers} WHERE last_seen < ?", (time.time() - _FORGET_WORKERS_AFTER,))
+    conn.execute("COMMIT")
+    return True
+
+
+def _forget_worker(conn: sqlite3.Connection, table: JobTable, worker_id: str) -> None:
+    workers = _workers_table(table)
+    if _has_table(conn, workers):
+        conn.execute(f"DELETE FROM {workers} WHERE id = ?", (worker_id,))
+
+
+def _workers(conn: sqlite3.Connection, table: JobTable, max_age: float) -> list[WorkerInfo]:
+    workers = _workers_table(table)
+    if not _has_table(conn, workers):
+        return []
+    rows = conn.execute(
+        "SELECT id, host, pid, processor, started_at, last_seen, done, failed "
+        f"FROM {workers} WHERE last_seen >= ? ORDER BY started_at, id",
+        (time.time() - max_age,),
+    ).fetchall()
+    return [WorkerInfo(*row) for row in rows]
+
+
 def _drop(conn: sqlite3.Connection, table: JobTable) -> None:
     conn.execute("BEGIN IMMEDIATE")
-    for name in (table.jobs, table.dead, table.meta):
+    for name in (table.jobs, table.dead, table.meta, _workers_table(table)):
         conn.execute(f"DROP TABLE IF EXISTS {name}")
     conn.execute("COMMIT")
