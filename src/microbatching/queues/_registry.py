@@ -73,8 +73,25 @@ def open_queue(url: str, **options: Any) -> ClaimQueue:
     ``create``, ...); options in the URL's query take the same names.
     """
     cls: Any = queue_class(url)  # each queue class takes its URL first
+    _check_address(url)
     queue: ClaimQueue = cls(url, **options)
     return queue
+
+
+def _check_address(url: str) -> None:
+    """Refuse a network URL whose host or port cannot be read, before a client library meets it.
+
+    Client libraries fail on these in their own ways (some with the password in the
+    message, some deep in a connect); one clear error is better.
+    """
+    if "://" not in url or url.lower().startswith("sqlite:"):
+        return
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading it validates it
+    except ValueError as exc:
+        reason = str(exc).partition(" as ")[0]  # the value is left out: it may be a secret
+        raise InvalidQueueError(f"cannot read the address of {redact(url)!r}: {reason}") from None
 
 
 def query_options(url: str, allowed: dict[str, type]) -> dict[str, Any]:
@@ -159,5 +176,7 @@ def _secrets_of(url: str) -> list[str]:
         user, colon, password = match.group(1).partition(":")
         found.append(password if colon else user)
     found += [match.group(2) for match in _QUERY_SECRET.finditer(url)]
-    variants = {variant for secret in found for variant in (secret, unquote(secret))}
+    # A parser that misreads the URL may quote any piece of a secret cut at a delimiter.
+    pieces = [piece for secret in found for piece in re.split(r"[/?#@:]", secret)]
+    variants = {variant for secret in found + pieces for variant in (secret, unquote(secret))}
     return sorted((secret for secret in variants if len(secret) >= 3), key=len, reverse=True)
