@@ -292,8 +292,9 @@ class Engine:
 
     async def _wait_until_idle(self) -> None:
         while not await self.pending.idle(self.loop, 1.0):
-            if self.outcomes.abandoning and not self._tasks:
+            if self.pending.count and self.outcomes.abandoning and not self._tasks:
                 # Everything was abandoned and nothing runs: what still counts can never finish.
+                # (A count that reached 0 as the wait timed out is not that: look again.)
                 logger.error(
                     "shutdown: %d jobs still counted as pending after abandoning", self.pending.count
                 )
