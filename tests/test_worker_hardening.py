@@ -333,13 +333,14 @@ def test_a_worker_on_a_new_queue_says_it_is_empty_once(workdir: Path) -> None:
 
 SECRET = "hunter2-s3cret"
 # Each URL, and the exit code refusing it: 2 when the URL itself cannot be used, 1 when the
-# broker refuses the credentials (the local Redis has no password, so any AUTH fails).
+# broker refuses the credentials (the local Redis has no user "nobody", so its AUTH fails
+# whichever redis-py version sends it).
 SECRET_URLS = {
-    "password-in-query": (f"redis://localhost:6379/0?password={SECRET}", 1),
+    "password-in-query": (f"redis://localhost:6379/0?username=nobody&password={SECRET}", 1),
     "password-in-sqlite-url": (f"sqlite://user:{SECRET}@host/x.db", 2),
     "non-numeric-port": (f"redis://user:{SECRET}@host:abc/0", 2),
     "broken-ipv6-host": (f"redis://user:{SECRET}@[::1/0", 2),
-    "at-sign-in-password": (f"redis://user:{SECRET}@x@localhost:6379/0", 1),
+    "at-sign-in-password": (f"redis://nobody:{SECRET}@x@localhost:6379/0", 1),
     "slash-in-password": (f"redis://user:{SECRET}/x@host/0", 2),
     "token-as-user-bad-port": (f"nats://{SECRET}@localhost:abc", 2),
     "sqlite-query-secret": (f"sqlite:///q.db?token={SECRET}", 2),
