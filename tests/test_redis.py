@@ -522,7 +522,10 @@ def test_round_trips_per_batch_as_the_server_counts_them(private: PrivateRedis) 
     print(f"\nclient commands for {jobs} jobs in {calls} batches: {dict(counts)}")
     assert counts["script enqueue"] == 2  # 1,000 jobs per script, both in one MULTI/EXEC
     hot = ("script claim", "script ack", "script extend", "xread")
-    assert sum(counts[name] for name in hot) <= 2 * calls + 3, counts  # a claim and an ack per batch
+    # A claim and an ack per batch; +3 for the idle claims at the start and end; +2 because
+    # redis-py 8 sends one EVALSHA each of claim and ack a second time (the queue's own
+    # calls were counted at 20 acks for 20 batches while MONITOR listed 21; redis-py 5: 18).
+    assert sum(counts[name] for name in hot) <= 2 * calls + 3 + 2, counts
     per_job = {"xadd", "xack", "xreadgroup", "xclaim", "xdel", "zadd", "zrem", "hset"}
     assert not per_job & set(counts), counts
     # The rest is per connection and per handle: CLIENT SETNAME, loading the scripts, setup.
