@@ -564,7 +564,8 @@ def test_an_idle_claim_wakes_when_a_delayed_job_is_due_without_polling(name: str
             await dropped(queue)
 
     waited = run(main())
-    assert 0.55 <= waited < 1.5, f"the claim returned after {waited:.2f} s for a job due in 0.6 s"
+    # Never before the job is due; well before the 30 s poll (a loaded machine adds seconds).
+    assert 0.55 <= waited < 10, f"the claim returned after {waited:.2f} s for a job due in 0.6 s"
 
 
 def test_an_idle_worker_sends_nothing_until_a_job_can_be_ready(
