@@ -46,7 +46,7 @@ _json_scan: Any = getattr(_json_decoder, "scan_once")  # noqa: B009 (untyped att
 # It is a private CPython function called by position: this is the one place that does, it
 # is used only if it encodes a sample exactly as the public encoder does, and
 # FAST_JSON_ENCODER says whether it is (a test fails loudly on a Python where it is not).
-_SAMPLE = {"s": "h\u00e9 \u2603 \"q\"", "n": [1, 2.5, -3, None, True], "d": {"k": []}}
+_SAMPLE = {"s": 'h\u00e9 \u2603 "q"', "n": [1, 2.5, -3, None, True], "d": {"k": []}}
 
 
 def _make_c_encoder() -> Any:
