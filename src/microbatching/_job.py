@@ -244,6 +244,23 @@ class JobResult(concurrent.futures.Future[Any]):
         return f"<JobResult {of} {self._state.lower()}>"
 
 
+def _share_attribute_names() -> None:
+    """Give each attribute a JobResult may carry its place in the class's shared keys, up front.
+
+    CPython 3.11 adds no more names to a class's shared instance keys once attribute access
+    on its instances has been specialized; a name first stored after that (``_result``, when
+    the first handle settles) then gives every handle a dict of its own: a bigger handle,
+    and one more object for the garbage collector to walk.  One throwaway handle storing
+    every name once avoids that.
+    """
+    probe = JobResult(None)
+    for name in ("_state", "_result", "_exception", "_cond", "_waiters", "_done_callbacks"):
+        setattr(probe, name, getattr(probe, name, None))
+
+
+_share_attribute_names()
+
+
 class _PlainJobResult(concurrent.futures.Future[Any]):
     """The handle on a Python whose Future internals differ: a plain Future and its job."""
 
