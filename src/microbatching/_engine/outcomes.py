@@ -30,9 +30,10 @@ __all__ = ["Outcomes"]
 logger = logging.getLogger("microbatching")
 
 _ALREADY_SETTLED = (asyncio.InvalidStateError, concurrent.futures.InvalidStateError)
-_is_done = operator.methodcaller("done")
 #: The state of an unsettled handle, as asyncio's, concurrent.futures' and our handles name it.
 _PENDING = "PENDING"
+#: A handle's state without a method call (``done()`` is ``_state != "PENDING"``).
+_state_of = operator.attrgetter("_state")
 
 
 class Outcomes:
@@ -88,7 +89,8 @@ class Outcomes:
     def start_items(self, batch: Batch) -> list[Any]:
         """A batch of items starts: drop the ones whose future was cancelled meanwhile."""
         futures = batch.futures
-        if futures is not None and any(map(_is_done, futures)):
+        # any(f.done() for f in futures), in C: a bound method per future would cost more
+        if futures is not None and list(map(_state_of, futures)).count(_PENDING) != len(futures):
             self._drop_cancelled_items(batch)
         return batch.jobs
 
