@@ -315,6 +315,7 @@ def set_results(handles: Sequence[Any], results: Sequence[Any]) -> None:
 
 
 def _set_each(pairs: Iterable[tuple[Any, Any]]) -> None:
+    """``handle.set_result(result)`` for each pair; a missing (``None``) or settled handle is skipped."""
     for handle, result in pairs:
         if handle is not None:
             try:

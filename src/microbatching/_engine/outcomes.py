@@ -15,7 +15,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from .._batch import Batch
-from .._job import Job, set_results
+from .._job import Job, JobResult, set_results
 from ..errors import JobCancelledError, JobFailedError, ShutdownError
 from .items import job_for_slot
 from .pending import Pending
@@ -146,7 +146,12 @@ class Outcomes:
         """Give each job its result; an ``Exception`` in a slot fails that job alone."""
         failed: list[tuple[Job[Any], Exception]] = []
         announce = self._emitter.listening("job_completed")
-        if not announce and not any(map(isinstance, results, repeat(Exception))):  # the common case
+        if (
+            not announce
+            and jobs
+            and type(jobs[0]._handle) is JobResult  # MicroBatching's handles: settled in one go
+            and not any(map(isinstance, results, repeat(Exception)))
+        ):
             set_results([job._handle for job in jobs], results)
             self._completed(batch, jobs, results, failed)
             return
