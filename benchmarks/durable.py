@@ -21,6 +21,7 @@ import tempfile
 import time
 from typing import Any
 
+import durable_peers
 from harness import Comparison, Metrics, run_alternating
 
 from microbatching import AsyncMicroBatching, Job
@@ -32,14 +33,30 @@ BATCH_SIZE = 100
 INTERVAL = 0.005
 
 
-def bench(n: int, repeats: int) -> Comparison:
-    """Compare the library on SQLite with the raw loop of the same statements."""
+#: The other SQLite job queues measured beside ours (see durable_peers.py).
+PEERS = tuple(durable_peers.PEERS)
+
+
+def bench(n: int, repeats: int, peer_n: int) -> Comparison:
+    """Compare the library on SQLite with the raw loop of the same statements, and with the peers.
+
+    The peers run ``peer_n`` jobs each (they take a transaction or more per job, so the
+    full count would take minutes); jobs/s is what is compared.
+    """
     impls = {"sqlite": lambda: _ours(SQLiteQueue, n), "raw sqlite3": lambda: _raw(n)}
+    peers, missing = durable_peers.available(peer_n)
+    impls.update(peers)
     result = run_alternating(f"durable (SQLite, {n:,} jobs, one worker)", impls, repeats, "raw sqlite3")
     result.notes.append(
         "raw sqlite3: SQLiteQueue's schema and statements by hand: one INSERT transaction, then per batch "
         "of 100 a lease transaction (token, attempts), decode and process, a delete-under-token transaction"
     )
+    if peers:
+        result.notes.append(
+            f"{', '.join(peers)}: {peer_n:,} jobs each, one put per job, then take, double and "
+            "acknowledge one by one; huey stores each result (its default), fsync off sets synchronous=OFF"
+        )
+    result.notes.extend(missing)
     return result
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -127,3 +129,47 @@ def test_a_raising_callback_on_a_settled_handle_is_logged(caplog: pytest.LogCapt
     handle.set_result(1)
     handle.add_done_callback(lambda h: 1 / 0)
     assert "done callback" in caplog.text
+
+
+def test_a_batch_settles_its_handles_at_once_as_each_would_alone() -> None:
+    """set_results: fresh handles, a watched one, one with a callback, a cancelled one, no handle."""
+    from microbatching._job import new_handle, set_results
+
+    fresh = JobResult(Job(1, 1))
+    made = new_handle()
+    made.job = None
+    watched = JobResult(Job(2, 2))
+    woken: list[Any] = []
+    waiter = threading.Thread(target=lambda: woken.append(watched.result(timeout=5)))
+    waiter.start()
+    while watched._cond is None:  # the waiter built the handle's condition: it is watched now
+        time.sleep(0.001)
+    called = JobResult(Job(3, 3))
+    seen: list[Any] = []
+    called.add_done_callback(lambda handle: seen.append(handle.result()))
+    cancelled = JobResult(Job(4, 4))
+    assert cancelled.cancel()
+    set_results([fresh, made, watched, called, cancelled, None], ["a", "b", "c", "d", "e", "f"])
+    waiter.join(5)
+    assert (fresh.result(timeout=0), made.result(timeout=0), woken, seen) == ("a", "b", ["c"], ["d"])
+    assert cancelled.cancelled()
+    assert concurrent.futures.wait([fresh, made, watched, called], timeout=0).not_done == set()
+
+
+def test_settled_handles_carry_no_dict_of_their_own() -> None:
+    """Every attribute a handle stores has its place in the class's shared keys: no dict per handle.
+
+    In a fresh interpreter, where no handle has stored its attributes before the batcher runs.
+    """
+    script = """
+import gc
+from microbatching import Job, MicroBatching
+with MicroBatching(None, lambda jobs: [job.data for job in jobs], batch_size=50, retry=None) as mb:
+    handles = [mb.submit_job(Job(None, i)) for i in range(2000)]
+    assert [handle.result(timeout=10) for handle in handles] == list(range(2000))
+print(sum(any(type(ref) is dict for ref in gc.get_referents(handle)) for handle in handles))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "0", f"{out.stdout.strip()} of 2000 settled handles grew a dict"

@@ -154,6 +154,8 @@ def _async_wrapper(target: Callable[..., Any], options: dict[str, Any]) -> Any:
 
     @functools.wraps(target)
     async def wrapper(first: Any, second: Any = _NO_ITEM) -> Any:
+        if second is _NO_ITEM and running_loop() is plain._loop:  # nowait(first), written inline
+            return await plain._batcher.submit_nowait(first)
         return await nowait(first, second)
 
     async def many(items: Iterable[Any]) -> list[Any]:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import functools
 import itertools
 import logging
 import os
 import secrets
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Job", "JobResult", "reset_handles_after_fork"]
+__all__ = ["Job", "JobResult", "new_handle", "reset_handles_after_fork", "set_results"]
 
 T = TypeVar("T")
 
@@ -241,6 +244,23 @@ class JobResult(concurrent.futures.Future[Any]):
         return f"<JobResult {of} {self._state.lower()}>"
 
 
+def _share_attribute_names() -> None:
+    """Give each attribute a JobResult may carry its place in the class's shared keys, up front.
+
+    CPython 3.11 adds no more names to a class's shared instance keys once attribute access
+    on its instances has been specialized; a name first stored after that (``_result``, when
+    the first handle settles) then gives every handle a dict of its own: a bigger handle,
+    and one more object for the garbage collector to walk.  One throwaway handle storing
+    every name once avoids that.
+    """
+    probe = JobResult(None)
+    for name in ("_state", "_result", "_exception", "_cond", "_waiters", "_done_callbacks"):
+        setattr(probe, name, getattr(probe, name, None))
+
+
+_share_attribute_names()
+
+
 class _PlainJobResult(concurrent.futures.Future[Any]):
     """The handle on a Python whose Future internals differ: a plain Future and its job."""
 
@@ -256,3 +276,49 @@ class _PlainJobResult(concurrent.futures.Future[Any]):
 if not FUTURE_INTERNALS_KNOWN:  # pragma: no cover - a CPython this module does not know
     logger.warning("concurrent.futures.Future keeps its state differently here: handles are plain Futures")
     JobResult = _PlainJobResult  # type: ignore[misc, assignment]
+
+#: ``new_handle()`` is a pending JobResult whose ``job`` the caller sets: the same object as
+#: ``JobResult(None)``, made without running ``__init__`` (a Python frame on every submit).
+new_handle: Callable[[], JobResult] = (
+    functools.partial(object.__new__, JobResult)
+    if FUTURE_INTERNALS_KNOWN
+    else functools.partial(JobResult, None)
+)
+
+_ALREADY_SETTLED = (concurrent.futures.InvalidStateError, asyncio.InvalidStateError)
+
+
+def set_results(handles: Sequence[Any], results: Sequence[Any]) -> None:
+    """Settle each handle with its result, a batch at a time; an already-settled one is skipped.
+
+    The JobResults nobody waits on are settled in this one frame under one hold of the
+    lock (three Python calls each through ``set_result``); any other handle (a watched
+    JobResult, an asyncio future, ``None`` for a job without one) goes the ordinary way.
+    """
+    if not FUTURE_INTERNALS_KNOWN or (handles and type(handles[0]) is not JobResult):  # C set_result
+        _set_each(zip(handles, results, strict=True))
+        return
+    others: list[tuple[Any, Any]] = []
+    callbacks: list[JobResult] = []
+    with _handles_lock:
+        for handle, result in zip(handles, results, strict=True):
+            if type(handle) is not JobResult or handle._cond is not None:
+                others.append((handle, result))
+            elif handle._state == _PENDING:  # cancelled by its submitter: it keeps that
+                handle._result = result
+                handle._state = _FINISHED
+                if handle._done_callbacks:
+                    callbacks.append(handle)
+    for handle in callbacks:
+        handle._run_callbacks()
+    _set_each(others)
+
+
+def _set_each(pairs: Iterable[tuple[Any, Any]]) -> None:
+    """``handle.set_result(result)`` for each pair; a missing (``None``) or settled handle is skipped."""
+    for handle, result in pairs:
+        if handle is not None:
+            try:
+                handle.set_result(result)
+            except _ALREADY_SETTLED:
+                pass

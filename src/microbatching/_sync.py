@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from ._base import BatcherBase, State
 from ._engine import Pending, ThreadSafePending
 from ._engine.items import Many, many_future_done
-from ._job import Job, JobResult, reset_handles_after_fork
+from ._job import Job, JobResult, new_handle, reset_handles_after_fork
 from ._stats import Stats
 
 __all__ = ["MicroBatching"]
@@ -103,7 +103,8 @@ class MicroBatching(BatcherBase):
             job = self._resubmitted(job, handle)
         if self._guarded:
             self._admit(job, block, timeout)
-        handle = JobResult(job)
+        handle = new_handle()
+        handle.job = job
         job._handle = handle
         job._submitted_at = job._ready_at = _monotonic()
         stored = self._adapter.watch_stored(job) if wait_stored else None
@@ -120,7 +121,8 @@ class MicroBatching(BatcherBase):
         """
         if self._guarded:
             return self.submit_job(Job(None, item), block, timeout)
-        handle = JobResult(None)
+        handle = new_handle()
+        handle.job = None
         self._engine.inbox.submit_item(item, handle)
         return handle
 

@@ -71,12 +71,14 @@ class Inbox:
     def submit(self, job: Job[Any]) -> None:
         """A job submitted on another thread (any thread)."""
         self._submitted.append(job)
-        self._wake()
+        if self.closed or not self._scheduled:  # else a drain is on its way
+            self._wake()
 
     def submit_item(self, item: Any, handle: Any) -> None:
         """An item submitted on another thread, with its handle (any thread)."""
         self._items.append((item, handle))
-        self._wake()
+        if self.closed or not self._scheduled:  # else a drain is on its way
+            self._wake()
 
     def submit_many(self, items: list[Any], many: Many) -> None:
         """The items of one ``submit_many`` call on another thread (any thread)."""
@@ -86,7 +88,8 @@ class Inbox:
     def deliver(self, job: Job[Any]) -> None:
         """A job a queue delivered on another thread (any thread)."""
         self._deliveries.append(job)
-        self._wake()
+        if self.closed or not self._scheduled:  # else a drain is on its way
+            self._wake()
 
     def _wake(self) -> None:
         if self.closed or self._loop is None:

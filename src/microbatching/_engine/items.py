@@ -70,10 +70,11 @@ class _SlotHandle:
     __slots__ = ("_many", "_slot", "_state")
 
     def __init__(self, many: Many, slot: int) -> None:
-        self._many, self._slot, self._state = many, slot, False
+        # the names asyncio's futures give their states: the engine reads ``_state`` of any handle
+        self._many, self._slot, self._state = many, slot, "PENDING"
 
     def done(self) -> bool:
-        return self._state
+        return self._state != "PENDING"
 
     def cancelled(self) -> bool:
         return False
@@ -85,9 +86,9 @@ class _SlotHandle:
         self._finish(error)
 
     def _finish(self, outcome: Any) -> None:
-        if self._state:
+        if self._state != "PENDING":
             raise asyncio.InvalidStateError("already settled")
-        self._state = True
+        self._state = "FINISHED"
         self._many.set(self._slot, outcome)
 
 

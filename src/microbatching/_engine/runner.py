@@ -79,7 +79,7 @@ class Runner:
         threads = self._threads
         if threads is None:
             raise RuntimeError("the processor threads were not started")
-        results = await asyncio.wrap_future(threads.submit(self._run_sync, jobs))
+        results = await threads.run(asyncio.get_running_loop(), self._run_sync, jobs)
         if inspect.isawaitable(results):  # a plain callable that returned a coroutine
             results = await self._awaited(results)
         return results

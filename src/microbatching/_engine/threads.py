@@ -8,7 +8,7 @@ the exit hook may still be draining the batcher.
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import queue
 import threading
 from collections.abc import Callable
@@ -20,7 +20,11 @@ _STOP: Any = object()
 
 
 class ProcessorThreads:
-    """A fixed set of daemon threads running submitted calls, each returning a Future."""
+    """A fixed set of daemon threads running calls whose outcomes land in an event loop's futures.
+
+    The outcome goes straight to the loop's future by one ``call_soon_threadsafe``: no
+    ``concurrent.futures.Future`` (a condition of its own) and no ``wrap_future`` chain in between.
+    """
 
     def __init__(self, count: int, name: str) -> None:
         self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -30,9 +34,15 @@ class ProcessorThreads:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, func: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._work.put((future, func, args))
+    def run(
+        self, loop: asyncio.AbstractEventLoop, func: Callable[..., Any], *args: Any
+    ) -> asyncio.Future[Any]:
+        """``func(*args)`` on one of the threads; returns the future (of ``loop``) of its outcome.
+
+        Cancelling the future before a thread takes the call skips it.
+        """
+        future = loop.create_future()
+        self._work.put((loop, future, func, args))
         return future
 
     def _serve(self) -> None:
@@ -40,15 +50,29 @@ class ProcessorThreads:
             item = self._work.get()
             if item is _STOP:
                 return
-            future, func, args = item
-            if not future.set_running_or_notify_cancel():
+            loop, future, func, args = item
+            if future.cancelled():  # a read only: the loop's thread alone changes the future
                 continue
             try:
-                future.set_result(func(*args))
+                outcome, error = func(*args), None
             except BaseException as exc:  # delivered to the awaiting batch, never lost in this thread
-                future.set_exception(exc)
+                outcome, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_settle, future, outcome, error)
+            except RuntimeError:  # the loop is closed: nobody waits for this outcome any more
+                pass
 
     def shutdown(self) -> None:
         """Let every thread end once it is idle (a stuck one is left to the interpreter's exit)."""
         for _ in self._threads:
             self._work.put(_STOP)
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any, error: BaseException | None) -> None:
+    """On the loop's thread: the outcome into the future, unless it was cancelled meanwhile."""
+    if future.cancelled():
+        return
+    if error is None:
+        future.set_result(outcome)
+    else:
+        future.set_exception(error)
