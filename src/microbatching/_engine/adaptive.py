@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .._batch import Batch
 from .._job import Job
 from .._options import Options
 from .._stats import BatchRecord, PolicyStats
@@ -151,7 +152,7 @@ def _interpolate(points: list[tuple[float, float]], size: float) -> float | None
 
 #: Before any batch, and above the largest size seen, grow the cap by these steps.
 _FIRST_CAP = 8
-_EXPLORE_STEP = 1.5
+_EXPLORE_STEP = 2.0
 #: Every so many batches closed at the knee, one may be this much larger (a look past it).
 _PROBE_EVERY = 32
 _PROBE_STEP = 1.25
@@ -192,8 +193,6 @@ class Controller:
         self._latencies: deque[tuple[float, float]] = deque(maxlen=_LATENCY_SAMPLES)
         self._batches = 0
         self._starts: deque[tuple[float, int]] = deque(maxlen=_RATE_BATCHES)
-        #: Called with the new cap whenever it changes (the buffer's resize).
-        self.on_cap: Callable[[int], None] | None = None
 
     # -- learning ------------------------------------------------------------------------
 
@@ -228,8 +227,6 @@ class Controller:
             if limit < cap:
                 cap, reason = limit, why
         self.cap, self.cap_reason = max(1, cap), reason
-        if self.on_cap is not None:
-            self.on_cap(self.cap)
 
     def _knee_cap(self) -> tuple[int, str]:
         """The knee, or a step past the largest size seen while jobs per second still rise there."""
@@ -244,12 +241,12 @@ class Controller:
             return max(_FIRST_CAP, math.ceil(self.model.largest * _EXPLORE_STEP)), "explore"
         return self.knee, "knee"
 
-    def closed_at_knee(self) -> int | None:
-        """A batch closed at the knee; every so often the next one may run a little larger."""
+    def probe(self, cap: int) -> tuple[int, str]:
+        """The size of a batch cut at the knee: every so often a little larger (a look past it)."""
         self._probes += 1
-        if self._probes % _PROBE_EVERY == 0 and self.knee is not None:
-            return min(self.hard_cap, math.ceil(self.knee * _PROBE_STEP))
-        return None
+        if self._probes % _PROBE_EVERY == 0:
+            return min(self.hard_cap, math.ceil(cap * _PROBE_STEP)), "explore"
+        return cap, "knee"
 
     def _latency_cap(self) -> int:
         """The largest batch that runs within the target after a batch of its size ahead of it."""
@@ -331,8 +328,14 @@ def _weighted_p99(samples: deque[tuple[float, float]]) -> float:
 
 
 class AdaptiveBuffer(Buffer):
-    """The buffer under the adaptive policy: its size limit is the controller's cap, its
-    interval the controller's wait, and each batch says which of them closed it."""
+    """The buffer under the adaptive policy.
+
+    Batches are cut to the controller's cap when they leave, not when they close: jobs
+    that wait in a backlog run in batches of the cap of the moment they start (a batch
+    closed earlier under a smaller cap would otherwise stay small).  The open batch may
+    leave once it holds the cap, or when the controller's wait is over; until a slot takes
+    it, it keeps filling up to ``batch_size``.
+    """
 
     __slots__ = ("_controller", "_hard_cap")
 
@@ -350,37 +353,71 @@ class AdaptiveBuffer(Buffer):
         self._controller = controller
         self._hard_cap = options.batch_size
         self.triggers.update({"knee": 0, "explore": 0, "cap": 0, "idle": 0, "target": 0})
-        controller.on_cap = self._set_cap
-
-    def _set_cap(self, cap: int) -> None:
-        if cap != self._limit:
-            Buffer.resize(self, cap, None)
 
     def resize(self, batch_size: int | None, interval: float | None) -> None:
         """A new hard ``batch_size`` (the interval is the policy's own: ignored)."""
         if batch_size is not None:
             self._hard_cap = self._controller.hard_cap = batch_size
             self._controller.cap = min(self._controller.cap, batch_size)
-            Buffer.resize(self, self._controller.cap, None)
+            Buffer.resize(self, batch_size, None)
 
     def _opened_at(self, ready_at: float) -> None:
         self._interval = self._controller.wait()
-        super()._opened_at(ready_at)
+        self._limit = self._controller.cap
+        if len(self._open.jobs) >= self._limit:  # already holds the cap (a cap of 1, say)
+            self._open.opened_at = ready_at
+            self._due(self._controller.cap_reason)
+        else:
+            super()._opened_at(ready_at)
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._open.due = "target" if self._interval > 0 else "idle"
-        self._on_ready()
+        self._due("target" if self._interval > 0 else "idle")
 
     def _close(self, trigger: str) -> None:
-        if trigger == "size" and self._limit < self._hard_cap:
-            trigger = self._controller.cap_reason
-            if trigger == "knee":
-                self._probe()
-        super()._close(trigger)
+        if trigger == "size" and self._limit < self._hard_cap:  # it holds the cap: it may leave
+            self._due(self._controller.cap_reason)
+        else:
+            super()._close(trigger)
 
-    def _probe(self) -> None:
-        larger = self._controller.closed_at_knee()
-        if larger is not None:
-            self._controller.cap_reason = "explore"
-            self._limit = larger  # the next batch only: the next decision sets the cap again
+    def _due(self, why: str) -> None:
+        """The open batch may leave now; until a slot takes it, it fills up to ``batch_size``."""
+        self._cancel_timer()
+        self._limit = self._hard_cap
+        if not self._open.due:
+            self._open.due = why
+        self._on_ready()
+
+    def next_batch(self) -> Batch | None:
+        """The next batch (as the fixed buffer picks it), cut to the cap of this moment."""
+        if self._ready:
+            batch = self._ready.popleft()
+        elif self._open.jobs and self._open.due:
+            batch, self._open = self._open, Batch()
+            batch.trigger = batch.due
+            self._cancel_timer()
+        else:
+            return None
+        cap, why = self._controller.cap, self._controller.cap_reason
+        if len(batch.jobs) > cap:
+            if why == "knee":
+                cap, why = self._controller.probe(cap)
+            if len(batch.jobs) > cap:
+                self._ready.appendleft(_cut(batch, cap))
+            batch.trigger = why
+        self.triggers[batch.trigger] += 1
+        return batch
+
+
+def _cut(batch: Batch, size: int) -> Batch:
+    """Keep the first ``size`` jobs in ``batch``; the rest, in order, as a new batch ready to run."""
+    rest = Batch()
+    rest.jobs, batch.jobs = batch.jobs[size:], batch.jobs[:size]
+    if batch.futures is not None:
+        rest.futures, batch.futures = batch.futures[size:], batch.futures[:size]
+    if batch.bulk is not None:
+        rest.bulk, rest.offset = batch.bulk, batch.offset + size
+    is_jobs = batch.futures is None and batch.bulk is None
+    rest.opened_at = rest.jobs[0]._ready_at if is_jobs else batch.opened_at
+    rest.closed_at, rest.trigger = batch.closed_at, batch.trigger
+    return rest
