@@ -41,8 +41,8 @@ _EXACT_SIZES = 16
 _BUCKET_GROWTH = 1.15
 #: Weight of a new observation in the slowdown all sizes share, and in a size's own estimate
 #: (once it has a few; the shared term moves first, so a uniform slowdown reaches every size).
-_DRIFT_ALPHA = 0.2
-_ALPHA = 0.05
+_DRIFT_ALPHA = 0.5
+_ALPHA = 0.1
 _FIRST_OBSERVATIONS = 3
 #: An observation moves an estimate by at most this factor (a stray slow batch is not a trend).
 _CLIP = math.log(2.5)
@@ -83,6 +83,7 @@ class CostModel:
     def __init__(self) -> None:
         self._buckets: dict[int, _Bucket] = {}
         self._drift = 0.0
+        self._surprises: deque[float] = deque(maxlen=3)
         self._observed = 0
 
     def observe(self, size: int, seconds: float) -> None:
@@ -96,9 +97,12 @@ class CostModel:
         if bucket is None:
             self._add(key, _Bucket(float(size), logged - self._drift, self._observed))
             return
-        # How far off the whole curve was (interpolated at this very size): shared by all sizes.
-        surprise = _clipped(logged - math.log(self.predict(size) or seconds))
-        self._drift += _DRIFT_ALPHA * surprise
+        if bucket.n >= _FIRST_OBSERVATIONS:
+            # How far off the whole curve was (interpolated at this very size): shared by all
+            # sizes.  Only established sizes say so: a new one's own estimate is still settling.
+            # The median of the last few: one stray batch is not a slowdown, three in a row are.
+            self._surprises.append(_clipped(logged - math.log(self.predict(size) or seconds)))
+            self._drift += _DRIFT_ALPHA * sorted(self._surprises)[len(self._surprises) // 2]
         # What is left is this size's own: its estimate learns it (slowly, once it has a few).
         alpha = 1.0 / (bucket.n + 1) if bucket.n < _FIRST_OBSERVATIONS else _ALPHA
         bucket.log_seconds += alpha * _clipped(logged - self._drift - bucket.log_seconds)
@@ -128,11 +132,6 @@ class CostModel:
             (b.size, math.exp(b.log_seconds + drift)) for b in self._buckets.values() if b.n >= least
         )
 
-    @property
-    def largest(self) -> float:
-        """The largest batch size seen (0 before the first batch)."""
-        return max((b.size for b in self._buckets.values()), default=0.0)
-
 
 def _interpolate(points: list[tuple[float, float]], size: float) -> float | None:
     if not points:
@@ -151,10 +150,10 @@ def _interpolate(points: list[tuple[float, float]], size: float) -> float | None
 
 
 #: Before any batch, and above the largest size seen, grow the cap by these steps.
-_FIRST_CAP = 8
+_FIRST_CAP = 32
 _EXPLORE_STEP = 2.0
 #: Every so many batches closed at the knee, one may be this much larger (a look past it).
-_PROBE_EVERY = 32
+_PROBE_EVERY = 8
 _PROBE_STEP = 1.25
 #: Sizes within this share of the best jobs per second count as tied: the smallest wins.
 _KNEE_TIE = 0.005
@@ -193,6 +192,8 @@ class Controller:
         self._latencies: deque[tuple[float, float]] = deque(maxlen=_LATENCY_SAMPLES)
         self._batches = 0
         self._starts: deque[tuple[float, int]] = deque(maxlen=_RATE_BATCHES)
+        #: How many jobs wait for a batch to start (the buffer's count, set by it).
+        self.backlog: Callable[[], int] = lambda: 0
 
     # -- learning ------------------------------------------------------------------------
 
@@ -221,24 +222,25 @@ class Controller:
     def _decide(self) -> None:
         cap, reason = self.hard_cap, "size"
         knee_cap = self._knee_cap()
-        # Never below what keeps up with arrivals: a smaller cap would only grow the backlog.
-        latency_cap = max(self._latency_cap(), self._keeping_up(knee_cap[0]))
-        for limit, why in (knee_cap, (latency_cap, "cap")):
+        limits = [knee_cap]
+        if self.backlog() <= knee_cap[0]:  # a backlog drains fastest at the knee: no lower cap then
+            # Never below what keeps up with arrivals: a smaller cap would only grow the backlog.
+            limits.append((max(self._latency_cap(), self._keeping_up(knee_cap[0])), "cap"))
+        for limit, why in limits:
             if limit < cap:
                 cap, reason = limit, why
         self.cap, self.cap_reason = max(1, cap), reason
 
     def _knee_cap(self) -> tuple[int, str]:
-        """The knee, or a step past the largest size seen while jobs per second still rise there."""
-        points = [(s, t) for s, t in self.model.seen(least=2) if s <= self.hard_cap]
+        """The knee, or one step past the largest size measured while jobs per second still rise there."""
+        points = [(s, t) for s, t in self.model.seen(least=_FIRST_OBSERVATIONS) if s <= self.hard_cap]
         if not points:
-            largest = self.model.largest
-            return max(_FIRST_CAP, math.ceil(largest * _EXPLORE_STEP)), "explore"
+            return _FIRST_CAP, "explore"
         best = max(size / seconds for size, seconds in points)
         knee = next(size for size, seconds in points if size / seconds >= best * (1 - _KNEE_TIE))
         self.knee = round(knee)
-        if knee >= points[-1][0] * 0.999:  # still rising at the largest size seen: look further
-            return max(_FIRST_CAP, math.ceil(self.model.largest * _EXPLORE_STEP)), "explore"
+        if knee >= points[-1][0] * 0.999:  # still rising at the largest size measured: look further
+            return max(_FIRST_CAP, math.ceil(knee * _EXPLORE_STEP)), "explore"
         return self.knee, "knee"
 
     def probe(self, cap: int) -> tuple[int, str]:
@@ -352,6 +354,7 @@ class AdaptiveBuffer(Buffer):
         )
         self._controller = controller
         self._hard_cap = options.batch_size
+        controller.backlog = lambda: self.buffered
         self.triggers.update({"knee": 0, "explore": 0, "cap": 0, "idle": 0, "target": 0})
 
     def resize(self, batch_size: int | None, interval: float | None) -> None:
