@@ -316,8 +316,20 @@ class AdaptiveComparison(Comparison):
 
 
 def bench(quick: bool) -> AdaptiveComparison:
-    """``run.py --only adaptive``: every scenario, as one table."""
-    return AdaptiveComparison(run_all(QUICK if quick else Plan()))
+    """``run.py --only adaptive``: every scenario, as one table (and the real-clock run unless quick)."""
+    result = AdaptiveComparison(run_all(QUICK if quick else Plan()))
+    if not quick:
+        add_real_run(result)
+    return result
+
+
+def add_real_run(result: AdaptiveComparison) -> None:
+    """The real-clock run beside the simulation (figures only: the machine's noise is in them)."""
+    from adaptive_real import run_real
+
+    for label, metrics in run_real():
+        result.runs[label] = [metrics]
+    result.notes.append("real clock: a numpy model on this machine's shared cores; figures, no verdict")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     scenarios = run_all(QUICK if args.quick else Plan(), lambda line: print(line, flush=True))
     result = AdaptiveComparison(scenarios)
+    if not args.quick:
+        add_real_run(result)
     print(format_table(result.summary()))
     for ok, verdict in result.verdicts:
         print(f"{'meets the goal' if ok else 'below the goal'}: {verdict}")
