@@ -152,22 +152,24 @@ def _interpolate(points: list[tuple[float, float]], size: float) -> float | None
 #: Before any batch, and above the largest size seen, grow the cap by these steps.
 _FIRST_CAP = 32
 _EXPLORE_STEP = 2.0
-#: Every so many batches closed at the knee, one may be this much larger (a look past it).
-_PROBE_EVERY = 8
-_PROBE_STEP = 1.25
-#: Sizes within this share of the best jobs per second count as tied: the smallest wins.
+#: Every so many batches cut at the knee, one may be this much larger (a look past it; on a
+#: cost that rises in steps, twice the knee costs no more per job than the knee).
+_PROBE_EVERY = 16
+_PROBE_STEP = 2.0
+#: Sizes within this share of the best jobs per second count as tied: the largest wins (on
+#: a cost that rises in steps, a larger batch fills its last step for free).
 _KNEE_TIE = 0.005
 #: Latency samples kept (five per batch), and how often the guard looks at them.
 _LATENCY_SAMPLES = 1280
-_GUARD_EVERY = 16
+_GUARD_EVERY = 8
 _GUARD_DOWN = 0.85
-_GUARD_UP = 1.03
+_GUARD_UP = 1.05
 _GUARD_FLOOR = 0.2
 #: The band of observed p99 (as shares of the target) the guard steers into, per objective:
 #: under "latency" it only keeps p99 below the target; under "cost" it also lets batches
 #: wait longer while p99 is well below it.  And the share each objective starts from.
 _GUARD_BAND = {"latency": (0.8, 1.0), "cost": (0.85, 0.95)}
-_GUARD_START = {"latency": 1.0, "cost": 0.6}
+_GUARD_START = {"latency": 1.0, "cost": 0.8}
 #: The margin of capacity over the arrival rate the cap keeps.
 _KEEP_UP = 1.1
 #: Batches the arrival rate is measured over.
@@ -237,7 +239,7 @@ class Controller:
         if not points:
             return _FIRST_CAP, "explore"
         best = max(size / seconds for size, seconds in points)
-        knee = next(size for size, seconds in points if size / seconds >= best * (1 - _KNEE_TIE))
+        knee = max(size for size, seconds in points if size / seconds >= best * (1 - _KNEE_TIE))
         self.knee = round(knee)
         if knee >= points[-1][0] * 0.999:  # still rising at the largest size measured: look further
             return max(_FIRST_CAP, math.ceil(knee * _EXPLORE_STEP)), "explore"
@@ -406,14 +408,15 @@ class AdaptiveBuffer(Buffer):
             if why == "knee":
                 cap, why = self._controller.probe(cap)
             if len(batch.jobs) > cap:
-                self._ready.appendleft(_cut(batch, cap))
+                self._ready.appendleft(_cut(batch, cap, why))
             batch.trigger = why
         self.triggers[batch.trigger] += 1
         return batch
 
 
-def _cut(batch: Batch, size: int) -> Batch:
-    """Keep the first ``size`` jobs in ``batch``; the rest, in order, as a new batch ready to run."""
+def _cut(batch: Batch, size: int, why: str) -> Batch:
+    """Keep the first ``size`` jobs in ``batch``; the rest, in order, as a new batch ready to run
+    (a piece of the backlog the cap cut: it leaves for the same reason)."""
     rest = Batch()
     rest.jobs, batch.jobs = batch.jobs[size:], batch.jobs[:size]
     if batch.futures is not None:
@@ -422,5 +425,5 @@ def _cut(batch: Batch, size: int) -> Batch:
         rest.bulk, rest.offset = batch.bulk, batch.offset + size
     is_jobs = batch.futures is None and batch.bulk is None
     rest.opened_at = rest.jobs[0]._ready_at if is_jobs else batch.opened_at
-    rest.closed_at, rest.trigger = batch.closed_at, batch.trigger
+    rest.closed_at, rest.trigger = batch.closed_at, why
     return rest
