@@ -37,7 +37,7 @@ from .pending import Pending
 __all__ = ["AdaptiveBuffer", "Controller", "CostModel"]
 
 #: Sizes up to this each have their own estimate; above it sizes within ~15% share one.
-_EXACT_SIZES = 16
+_EXACT_SIZES = 64
 _BUCKET_GROWTH = 1.15
 #: Weight of a new observation in the slowdown all sizes share, and in a size's own estimate
 #: (once it has a few; the shared term moves first, so a uniform slowdown reaches every size).
@@ -47,7 +47,7 @@ _FIRST_OBSERVATIONS = 3
 #: An observation moves an estimate by at most this factor (a stray slow batch is not a trend).
 _CLIP = math.log(2.5)
 #: Estimates kept at most; the longest unobserved one goes first.
-_MAX_BUCKETS = 64
+_MAX_BUCKETS = 128
 
 
 def _clipped(log_ratio: float) -> float:
@@ -152,10 +152,9 @@ def _interpolate(points: list[tuple[float, float]], size: float) -> float | None
 #: Before any batch, and above the largest size seen, grow the cap by these steps.
 _FIRST_CAP = 32
 _EXPLORE_STEP = 2.0
-#: Every so many batches cut at the knee, one may be this much larger (a look past it; on a
-#: cost that rises in steps, twice the knee costs no more per job than the knee).
+#: Every so many batches cut at the knee, one may be this much larger (a look past it).
 _PROBE_EVERY = 16
-_PROBE_STEP = 2.0
+_PROBE_STEP = 1.25
 #: Sizes within this share of the best jobs per second count as tied: the largest wins (on
 #: a cost that rises in steps, a larger batch fills its last step for free).
 _KNEE_TIE = 0.005
@@ -225,13 +224,19 @@ class Controller:
         cap, reason = self.hard_cap, "size"
         knee_cap = self._knee_cap()
         limits = [knee_cap]
-        if self.backlog() <= knee_cap[0]:  # a backlog drains fastest at the knee: no lower cap then
-            # Never below what keeps up with arrivals: a smaller cap would only grow the backlog.
+        if self._knee_too_slow(knee_cap[0]) and self.backlog() <= knee_cap[0]:
+            # Below the knee only when its batch alone would take half the target, and only
+            # while no backlog waits (one drains fastest at the knee); never below what keeps
+            # up with arrivals: a smaller cap would only grow the backlog.
             limits.append((max(self._latency_cap(), self._keeping_up(knee_cap[0])), "cap"))
         for limit, why in limits:
             if limit < cap:
                 cap, reason = limit, why
         self.cap, self.cap_reason = max(1, cap), reason
+
+    def _knee_too_slow(self, knee: int) -> bool:
+        seconds = self.model.predict(knee)
+        return seconds is not None and seconds > self.target / 2
 
     def _knee_cap(self) -> tuple[int, str]:
         """The knee, or one step past the largest size measured while jobs per second still rise there."""
