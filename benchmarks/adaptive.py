@@ -264,7 +264,7 @@ def s7(scenarios: Sequence[Scenario]) -> Scenario:
     scenario = Scenario("S7 against BentoML's CORK and Clipper's AIMD")
     tally: dict[str, list[int]] = {}
     for source in scenarios:
-        for cell in source.cells:
+        for index, cell in enumerate(source.cells, 1):
             ours = cell["ours"]
             for peer, theirs in cell.items():
                 if peer == "ours":
@@ -277,7 +277,13 @@ def s7(scenarios: Sequence[Scenario]) -> Scenario:
                 counts = tally.setdefault(peer, [0, 0])
                 counts[0] += ties
                 counts[1] += 1
-                scenario.add(f"S7 {source.name[:2]}: {peer}", theirs)
+                scenario.add(f"S7 {source.name[:2]} cell {index}: {peer}", theirs)
+                scenario.notes.append(
+                    f"S7 {source.name[:2]} cell {index} vs {peer}: "
+                    f"{'ties or beats' if ties else 'loses'} (p99 "
+                    f"{ours.p99 * 1e3:.1f} vs {theirs.p99 * 1e3:.1f} ms, {ours.throughput:,.0f} vs "
+                    f"{theirs.throughput:,.0f} jobs/s, shed {ours.shed} vs {theirs.shed})"
+                )
     scenario.ok = all(won == total for won, total in tally.values())
     scenario.verdict = "S7: adaptive ties or beats on p99, throughput and shed in " + "; ".join(
         f"{won} of {total} cells against {peer}" for peer, (won, total) in tally.items()
