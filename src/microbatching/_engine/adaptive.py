@@ -9,8 +9,9 @@ learnt from every batch) and caps the batch at the smallest of
 - the *knee*: the size with the most jobs per second.  Past it a larger batch runs longer
   than the jobs it holds took to arrive, so a backlog never drains; below it capacity is
   lost.  Sizes larger than any seen are tried in bounded steps (``explore``);
-- the *latency cap*: the largest batch that runs, after waiting out a batch ahead of it,
-  within the target.
+- the *latency cap*, only when a batch at the knee alone would take half the target and
+  no backlog waits: the largest batch that runs, after waiting out a batch ahead of it,
+  within the target (never below the size that keeps up with arrivals).
 
 Under ``objective="cost"`` an open batch also waits for company as long as the target
 allows (the share of it the guard grants, less the batch's own predicted run).  A
