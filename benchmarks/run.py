@@ -23,13 +23,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import adaptive
 import durable
 import workloads as w
 from harness import Comparison, Metrics, format_table, run_alternating
 
 import microbatching
 
-WORKLOADS = ["fan-in", "bulk", "decorator", "sync", "timer", "observability", "memory", "durable"]
+WORKLOADS = ["fan-in", "bulk", "decorator", "sync", "timer", "observability", "memory", "durable", "adaptive"]
 #: Broker queues, each measured by its own module bench_<name>.py (run only when asked for).
 QUEUE_WORKLOADS = ["redis", "postgres", "rabbitmq", "nats"]
 BATCH_SIZE = 100
@@ -217,6 +218,10 @@ def bench_durable(sizes: Sizes, repeats: int) -> Comparison:
     return durable.bench(sizes.durable_jobs, max(1, repeats // 2), sizes.durable_peer_jobs)
 
 
+def bench_adaptive(sizes: Sizes, repeats: int) -> Comparison:
+    return adaptive.bench(sizes == QUICK)  # the virtual clock is exact: one run per configuration
+
+
 def bench_queue(name: str, sizes: Sizes, repeats: int) -> list[Comparison]:
     """A broker queue's benchmark: its module's ``bench(quick, repeats)``."""
     module = importlib.import_module(f"bench_{name}")
@@ -233,6 +238,7 @@ BENCHES: dict[str, Callable[[Sizes, int], Comparison]] = {
     "observability": bench_observability,
     "memory": bench_memory,
     "durable": bench_durable,
+    "adaptive": bench_adaptive,
 }
 
 
@@ -328,6 +334,8 @@ def verdicts(summaries: dict[str, dict[str, Any]]) -> list[str]:
             if figures:
                 lead = ours / figures["jobs_per_s"]
                 mark(lead > 1.0, f"durable sqlite: {lead:.1f}x the jobs/s of {peer} (goal: ahead)")
+    for ok, text in summaries.get("adaptive", {}).get("verdicts", []):
+        mark(ok, text)
     return lines
 
 

@@ -25,6 +25,7 @@ def test_quick_benchmarks_run_every_workload_and_check_every_result(tmp_path: Pa
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads(out.read_text())["results"]
     workloads = {"fan-in", "bulk", "decorator", "sync", "timer", "observability", "memory", "durable"}
+    workloads.add("adaptive")
     assert set(results) == workloads
     assert results["timer"]["impls"]["ours"]["late_min_ms"] >= 0  # a batch never leaves early
     assert "== speed goals (quick sizes: speed NOT judged) ==" in proc.stdout

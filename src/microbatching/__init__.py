@@ -12,7 +12,7 @@ from ._events import EVENTS, EventEmitter
 from ._job import Job, JobResult
 from ._options import DEFAULT_BATCH_INTERVAL, DEFAULT_BATCH_SIZE, DEFAULT_RETRY
 from ._retry import RetryPolicy
-from ._stats import Stats, Summary
+from ._stats import PolicyStats, Stats, Summary
 from ._sync import MicroBatching
 from .errors import (
     BatchResultError,
@@ -54,6 +54,7 @@ __all__ = [
     "State",
     "Stats",
     "Summary",
+    "PolicyStats",
     # errors
     "BatchResultError",
     "BatchTimeoutError",

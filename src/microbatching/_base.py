@@ -59,6 +59,9 @@ class BatcherBase(EventEmitter):
         max_pending: int | None = None,
         batch_timeout: float | None = None,
         takes: str = "jobs",
+        policy: str | None = None,
+        latency_target: float | None = None,
+        objective: str = "latency",
         **unknown: Any,
     ) -> None:
         super().__init__()
@@ -74,6 +77,9 @@ class BatcherBase(EventEmitter):
             max_pending=max_pending,
             batch_timeout=batch_timeout,
             takes=takes,
+            policy=policy,
+            latency_target=latency_target,
+            objective=objective,
         )
         self.queue = queue
         adapter = self._adapter = make_adapter(queue)

@@ -89,6 +89,9 @@ def batch(
     max_concurrent_batches: int = ...,
     max_pending: int | None = ...,
     batch_timeout: float | None = ...,
+    policy: str | None = ...,
+    latency_target: float | None = ...,
+    objective: str = ...,
 ) -> _Decorator[Any, Any]: ...
 
 

@@ -9,12 +9,14 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ._retry import RetryPolicy
-from ._validate import number, positive_int, seconds
+from ._validate import number, one_of, positive_int, seconds
 
 __all__ = [
     "DEFAULT_BATCH_INTERVAL",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_RETRY",
+    "OBJECTIVES",
+    "POLICIES",
     "Options",
     "check_option_names",
     "check_processor_slot",
@@ -30,6 +32,11 @@ DEFAULT_BATCH_INTERVAL = 0.05
 _LONGEST_USUAL_INTERVAL = 10.0
 #: Three attempts, 0.1 s then 0.2 s apart (each cut by up to half at random).
 DEFAULT_RETRY = RetryPolicy()
+#: How batches are formed: ``"fixed"`` (by ``batch_size`` and ``batch_interval``) or
+#: ``"adaptive"`` (by a latency target, from a model of the processor learnt as it runs).
+POLICIES = ("fixed", "adaptive")
+#: What the adaptive policy optimises once the latency target is met.
+OBJECTIVES = ("latency", "cost")
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,12 @@ class Options:
     batch_timeout: float | None = None
     #: What the processor receives: ``"jobs"`` (``Job`` objects) or ``"items"`` (their data).
     takes: str = "jobs"
+    #: ``"fixed"`` or ``"adaptive"``; ``None``: adaptive when ``latency_target`` is given.
+    policy: str | None = None
+    #: Seconds from submit to result the adaptive policy keeps the 99th percentile under.
+    latency_target: float | None = None
+    #: ``"latency"`` (lowest mean latency) or ``"cost"`` (fewest processor calls per job).
+    objective: str = "latency"
 
     def __post_init__(self) -> None:
         positive_int("batch_size", self.batch_size)
@@ -73,6 +86,25 @@ class Options:
             raise ValueError(f"takes must be 'jobs' or 'items', got {self.takes!r}")
         if self.retry is not None and not isinstance(self.retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {self.retry!r}")
+        self._check_policy()
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether batches are formed by the adaptive policy."""
+        return self.policy == "adaptive" or (self.policy is None and self.latency_target is not None)
+
+    def _check_policy(self) -> None:
+        if self.policy is not None:
+            object.__setattr__(self, "policy", one_of("policy", self.policy, POLICIES))
+        object.__setattr__(self, "objective", one_of("objective", self.objective, OBJECTIVES))
+        if self.latency_target is not None:
+            seconds("latency_target", self.latency_target, allow_zero=False)
+        if self.policy == "adaptive" and self.latency_target is None:
+            raise TypeError("policy='adaptive' needs latency_target=, in seconds (e.g. latency_target=0.1)")
+        if not self.adaptive and self.latency_target is not None:
+            raise TypeError("latency_target= has no effect with policy='fixed' (use policy='adaptive')")
+        if not self.adaptive and self.objective != "latency":
+            raise TypeError("objective= has no effect without latency_target= (the adaptive policy)")
 
 
 def check_option_names(owner: str, given: Iterable[str]) -> None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ._batch import Batch
     from ._job import Job
 
-__all__ = ["DEFAULT_WINDOW", "BatchRecord", "Histogram", "Recorder", "Stats", "Summary"]
+__all__ = ["DEFAULT_WINDOW", "BatchRecord", "Histogram", "PolicyStats", "Recorder", "Stats", "Summary"]
 
 logger = logging.getLogger("microbatching")
 
@@ -56,6 +56,33 @@ class Summary:
     p50: float = 0.0
     p90: float = 0.0
     p99: float = 0.0
+
+
+@dataclass(frozen=True)
+class PolicyStats:
+    """What the adaptive policy has learnt and decided, as of the snapshot.
+
+    ``cost_per_size`` maps batch sizes seen to the estimated seconds the processor takes
+    for a batch of that size (noise smoothed, old data forgotten, a uniform slowdown
+    applied to every size).  ``cap`` is the largest batch it forms now and ``cap_reason``
+    why: ``"size"`` (``batch_size``), ``"knee"`` (the size of most jobs per second),
+    ``"explore"`` (trying a larger size than any seen yet) or ``"cap"`` (the largest size
+    whose batches fit the latency target).  ``wait`` is how long an open batch waits for
+    company before it may leave (``0`` under ``objective="latency"``).  ``p99_latency`` is
+    the observed 99th percentile of submit-to-result seconds over recent batches, and
+    ``guard`` the share of ``latency_target`` the policy plans with (lowered while that
+    percentile is above the target, raised back while it is well below).
+    """
+
+    objective: str
+    latency_target: float
+    cap: int
+    cap_reason: str
+    knee: int | None
+    wait: float
+    guard: float
+    p99_latency: float
+    cost_per_size: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, repr=False)
@@ -96,6 +123,8 @@ class Stats:
     retrying: int = 0
     batches: int = 0
     batches_by_trigger: dict[str, int] = field(default_factory=dict)
+    #: The adaptive policy's model and decisions (``None`` under ``policy="fixed"``).
+    policy: PolicyStats | None = None
     #: The raw per-batch records the distributions are computed from (on first access).
     window: tuple[tuple[int, float, float, tuple[float, ...]], ...] = field(default=(), repr=False)
 
@@ -132,6 +161,7 @@ class Stats:
         """Every counter, gauge and distribution as plain values (for JSON, say)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "window"}
         out["batches_by_trigger"] = dict(self.batches_by_trigger)
+        out["policy"] = None if self.policy is None else asdict(self.policy)
         for name in ("batch_size", "queue_wait", "processing_time"):
             out[name] = asdict(getattr(self, name))
         out["throughput"] = self.throughput

@@ -22,6 +22,7 @@ from .._options import Options
 from .._stats import Recorder, Stats
 from ..adapters.base import Adapter
 from ..errors import JobCancelledError, ShutdownError
+from .adaptive import AdaptiveBuffer, Controller
 from .buffer import Buffer
 from .inbox import Inbox
 from .items import to_jobs
@@ -63,19 +64,13 @@ class Engine:
         self.pending = pending
         self.runner = Runner(func, is_async, options.batch_timeout, options.max_concurrent_batches, self)
         self.outcomes = Outcomes(options.retry, emitter, adapter, pending)
-        self.buffer = Buffer(
-            options.batch_size,
-            options.batch_interval,
-            options.weight,
-            options.max_batch_weight,
-            pending,
-            self._pump,
-            self.outcomes.fail_for_good,
-        )
+        self.recorder = Recorder()  # per-batch statistics, read by stats() and exporters
+        #: The adaptive policy's decisions (``None`` under the fixed policy).
+        self.controller: Controller | None = None
+        self.buffer = self._make_buffer(options, pending)
         if not adapter.direct:
             self.buffer.route = adapter.admit
         self.inbox = Inbox(self.buffer, self.deliver, self._refuse_late)
-        self.recorder = Recorder()  # per-batch statistics, read by stats() and exporters
         #: Re-raise KeyboardInterrupt/SystemExit from a processor: only on the caller's own
         #: loop (AsyncMicroBatching), never on MicroBatching's private loop thread.
         self.reraise_interrupts = False
@@ -85,6 +80,21 @@ class Engine:
         self._drain_task: asyncio.Task[None] | None = None
         self._closed = False
         adapter.attach(self)
+
+    def _make_buffer(self, options: Options, pending: Pending) -> Buffer:
+        if not options.adaptive:
+            return Buffer(
+                options.batch_size,
+                options.batch_interval,
+                options.weight,
+                options.max_batch_weight,
+                pending,
+                self._pump,
+                self.outcomes.fail_for_good,
+            )
+        controller = self.controller = Controller(options)
+        self.recorder.subscribe(controller.observe)  # it learns from every finished batch
+        return AdaptiveBuffer(options, pending, self._pump, self.outcomes.fail_for_good, controller)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run on ``loop`` from now on (called once, by the batcher's start, on the loop thread)."""
@@ -343,5 +353,6 @@ class Engine:
             retrying=self.outcomes.retrying,
             batches=sum(triggers.values()),
             batches_by_trigger=dict(triggers),
+            policy=None if self.controller is None else self.controller.snapshot(),
             **self.recorder.summaries(),
         )

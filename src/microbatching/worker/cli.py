@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from .._options import DEFAULT_BATCH_INTERVAL, DEFAULT_BATCH_SIZE
+from .._options import DEFAULT_BATCH_INTERVAL, DEFAULT_BATCH_SIZE, OBJECTIVES
 from .._validate import positive_int, seconds
 from ..errors import InvalidQueueError, MicroBatchingError
 from ..queues._registry import scrub
@@ -72,6 +72,7 @@ CHECKS: dict[str, Callable[[str, Any], None]] = {
     "max_retry_delay": _seconds,
     "lease": _positive_seconds,
     "batch_timeout": _positive_seconds,
+    "latency_target": _positive_seconds,
     "drain_timeout": _positive_seconds,
     "log_interval": _positive_seconds,
     "interval": _positive_seconds,
@@ -88,6 +89,8 @@ def check_options(args: argparse.Namespace) -> None:
                 check(f"--{dest.replace('_', '-')}", value)
             except (TypeError, ValueError) as exc:
                 raise UsageError(str(exc)) from None
+    if getattr(args, "objective", "latency") != "latency" and getattr(args, "latency_target", None) is None:
+        raise UsageError("--objective needs --latency-target (the adaptive policy)")
 
 
 # -- the commands ------------------------------------------------------------------------------
@@ -159,6 +162,21 @@ def _worker_options(worker: argparse.ArgumentParser) -> None:
         help=f"seconds a partial batch waits for more jobs (default {DEFAULT_BATCH_INTERVAL})",
     )
     option("--concurrency", type=int, default=1, metavar="N", help="batches processed at once (default 1)")
+    option(
+        "--latency-target",
+        type=float,
+        default=None,
+        metavar="S",
+        help="batch adaptively: keep the p99 of job latency under S seconds, the batch size and "
+        "wait found as it runs (--batch-size stays a hard cap; --batch-interval is not used)",
+    )
+    option(
+        "--objective",
+        choices=OBJECTIVES,
+        default="latency",
+        help="with --latency-target: 'latency' (lowest mean latency, the default) or 'cost' "
+        "(fewest processor calls per job)",
+    )
     option(
         "--max-attempts",
         type=int,

@@ -221,6 +221,8 @@ class Worker:
             max_concurrent_batches=args.concurrency,
             retry=retry,
             batch_timeout=args.batch_timeout,
+            latency_target=args.latency_target,
+            objective=args.objective,
         )
 
     def _log_start(self) -> None:
