@@ -698,7 +698,9 @@ def test_connections_killed_mid_run_lose_nothing_and_acknowledge_nothing_twice(
           f"done={stats.done} 'lost the connection' log lines={lost_lines}")  # fmt: skip
     assert results == [i * 2 for i in range(jobs)]
     assert kills >= 3
-    assert 1 <= lost_lines <= 2 * kills  # said once per drop (or so), never per job
+    # Said once per drop (or so), never per job; a kill that lands on a connection idle in
+    # the pool is replaced without a word, so on a quick run there may be no line at all.
+    assert lost_lines <= 2 * kills
     assert sorted(seen) == list(range(jobs))
     assert stats.done == jobs  # each job acknowledged exactly once
     assert (stats.pending, stats.delayed, stats.in_flight, stats.dead) == (0, 0, 0, 0)
