@@ -53,7 +53,7 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
     "queue_type": (str, "quorum"),
     "delivery_limit": (int, 100),
     "prefetch": (int, 0),
-    "create_wait": (float, 3.0),
+    "create_wait": (float, 0.0),
 }
 #: Connection options passed on to the client (aiormq's names).
 _CLIENT_OPTIONS = ("heartbeat", "connection_timeout", "cafile", "capath", "keyfile", "certfile",
@@ -85,9 +85,8 @@ class RabbitMQQueue(ClaimQueue):
     ``ssl.SSLContext`` as ``tls``); the queue's own options go in the query too: ``name``,
     ``queue_type`` (``quorum`` or ``classic``), ``delivery_limit`` (the broker dead-letters
     a message delivered that many times; 0 for none), ``prefetch``, ``create_wait``
-    (seconds the handle that creates the queue waits before its first enqueue returns: a
-    queue the broker created less than about two seconds before it was killed comes back
-    empty).  ``lease`` only paces the batcher's renewals: a delivery is held until its
+    (seconds the handle that creates the queue pauses before its first enqueue; 0 by
+    default).  ``lease`` only paces the batcher's renewals: a delivery is held until its
     channel closes.  With ``create=False`` nothing is declared: a missing queue raises
     :class:`~microbatching.errors.InvalidQueueError`.
     """
@@ -154,21 +153,21 @@ class RabbitMQQueue(ClaimQueue):
 
     # -- the connection -----------------------------------------------------------------------
 
-    async def _connected(self) -> Link:
+    async def _connected(self, *, declare: bool = True) -> Link:
         link = self._link
-        if link is not None and not link.broken:
+        if link is not None and not link.broken and (self._topology_ready or not declare):
             return link
         async with self._link_lock:
-            if self._link is not None and not self._link.broken:
-                return self._link
-            if self._link is not None:
-                await self._link.close()
-            options: dict[str, Any] = {} if self._tls is None else {"ssl_context": self._tls, "ssl": True}
-            self._link = await Link.open(self._client_url, self.names.name, self._lost, **options)
-            if self._lost_logged:
-                logger.warning("%r reconnected", self)
-                self._lost_logged = False
-            await self._topology(self._link)
+            if self._link is None or self._link.broken:
+                if self._link is not None:
+                    await self._link.close()
+                options: dict[str, Any] = {} if self._tls is None else {"ssl_context": self._tls, "ssl": True}
+                self._link = await Link.open(self._client_url, self.names.name, self._lost, **options)
+                if self._lost_logged:
+                    logger.warning("%r reconnected", self)
+                    self._lost_logged = False
+            if declare:
+                await self._topology(self._link)
             return self._link
 
     def _lost(self, exc: BaseException | None) -> None:
@@ -198,8 +197,6 @@ class RabbitMQQueue(ClaimQueue):
             if self.create:
                 await self._declare(raw)
             if not existed and self._create_wait:
-                # The broker writes a new quorum queue's registration lazily: killed within
-                # about two seconds of the declare, it comes back empty.  Nothing is put before.
                 await asyncio.sleep(self._create_wait)
         finally:
             if not channel.is_closed:
@@ -497,7 +494,7 @@ class RabbitMQQueue(ClaimQueue):
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def _drop(self) -> None:
-        link = await self._connected()
+        link = await self._connected(declare=False)
         channel = await link.connection.channel(publisher_confirms=False)
         try:
             raw = await channel.get_underlay_channel()
