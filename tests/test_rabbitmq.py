@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -325,3 +328,106 @@ def test_create_false_on_a_missing_queue_says_so(name: str) -> None:
             await queue.close()
 
     asyncio.run(main())
+
+
+# -- a private broker, SIGKILLed --------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivateBroker:
+    """A RabbitMQ node of its own (own port, data dir, node name), started and killed by the test."""
+
+    def __init__(self, base: Path) -> None:
+        self.base, self.port = base, _free_port()
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        self.dist_port = _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        base, port = self.base, self.port
+        for sub in ("mnesia", "log"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "enabled_plugins").write_text("[].\n")
+        env = {**os.environ, "RABBITMQ_NODENAME": f"mbtest{port}@localhost", "RABBITMQ_NODE_PORT": str(port),
+               "RABBITMQ_DIST_PORT": str(self.dist_port), "RABBITMQ_BASE": str(base),
+               "RABBITMQ_MNESIA_BASE": str(base / "mnesia"), "RABBITMQ_LOG_BASE": str(base / "log"),
+               "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+               "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
+               "RABBITMQ_PID_FILE": str(base / "pid")}  # fmt: skip
+        command = ["rabbitmq-server"]
+        if os.geteuid() == 0:  # the server refuses to run as root: as its own user, owning the dir
+            subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(base)], check=True)
+            command = ["runuser", "-u", "rabbitmq", "--", "rabbitmq-server"]
+        quiet = subprocess.DEVNULL
+        self.process = subprocess.Popen(command, env=env, stdout=quiet, stderr=quiet)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the private RabbitMQ on port {port} did not start")
+
+    def kill(self) -> None:
+        pid = int((self.base / "pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        if self.process is not None:
+            self.process.wait(30)
+
+
+@pytest.fixture
+def private_broker() -> Iterator[PrivateBroker]:
+    if shutil.which("rabbitmq-server") is None:
+        if os.environ.get("MICROBATCHING_REQUIRE_SERVICES") == "1":
+            pytest.fail("rabbitmq-server is not installed, and MICROBATCHING_REQUIRE_SERVICES=1 requires it")
+        pytest.skip("rabbitmq-server is not installed")
+    base = Path("/tmp") / f"mb-rabbitmq-{uuid.uuid4().hex[:8]}"  # readable by the server's user
+    base.mkdir(mode=0o755)
+    broker = PrivateBroker(base)
+    broker.start()
+    yield broker
+    try:
+        broker.kill()
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        pass
+    shutil.rmtree(base, ignore_errors=True)
+
+
+async def _put_then_kill(broker: PrivateBroker, **options: Any) -> int:
+    queue = RabbitMQQueue(broker.url, name="fresh", **options)
+    await queue.aput_many(range(300))  # returned: the broker confirmed every job
+    broker.kill()
+    await queue.close()
+    broker.start()
+    check = RabbitMQQueue(broker.url, name="fresh", create=False)
+    try:
+        # Counted 0 until the queue has elected its leader again after the restart.
+        deadline = time.monotonic() + 20
+        while (pending := (await check.stats()).pending) != 300 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+        return pending or 0
+    finally:
+        await check.close()
+
+
+@pytest.mark.timeout(240)
+def test_jobs_put_into_a_queue_just_created_survive_the_broker_killed_at_once(
+    private_broker: PrivateBroker,
+) -> None:
+    """RabbitMQ registers a new quorum queue's log lazily: a broker killed within about two
+    seconds of the declare recovers the queue empty, confirmed messages and all.  The handle
+    that creates the queue waits that out (``create_wait``) before its first put returns."""
+    assert asyncio.run(_put_then_kill(private_broker)) == 300

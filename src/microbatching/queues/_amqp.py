@@ -197,13 +197,17 @@ class Link:
 
         Raises ``ChannelNotFoundEntity`` for a missing queue (its channel is opened anew next time).
         """
+        return [ready for ready, _ in await self.declared(queues)]
+
+    async def declared(self, queues: list[str]) -> list[tuple[int, int]]:
+        """Each queue's ready messages and consumers, as a passive ``queue.declare`` tells them."""
         if self._query is None or self._query.is_closed:
             self._query = await self.connection.channel(publisher_confirms=False)
         raw = await self._query.get_underlay_channel()
         counts = []
         for queue in queues:
             ok = await raw.queue_declare(queue, passive=True)
-            counts.append(int(ok.message_count or 0))
+            counts.append((int(ok.message_count or 0), int(ok.consumer_count or 0)))
         return counts
 
     async def cancel(self) -> None:

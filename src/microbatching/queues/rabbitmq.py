@@ -26,6 +26,7 @@ import logging
 import ssl
 import time
 import uuid
+import weakref
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -67,7 +68,12 @@ _PUSH_GRACE = 0.5
 _TRICKLE = 0.005  # seconds a claim waits for the rest of a window once deliveries arrive
 _DEAD_READ_MAX = 65_535  # dead letters one listing, requeue or purge reads at most
 _DEAD_QUIET_FIRST, _DEAD_QUIET = 2.0, 0.1  # seconds without a dead letter arriving that end a read
+_CLOSING_CONSUMER = 0.3  # seconds the broker is given to close a dead consumer's connection
 _IDLE = 1.0  # seconds without a claim after which a handle gives back what it was pushed
+
+
+#: The open handles of this process, for the in-flight count (see ``_local_in_flight``).
+_HANDLES: weakref.WeakSet[RabbitMQQueue] = weakref.WeakSet()
 
 
 class RabbitMQQueue(ClaimQueue):
@@ -142,9 +148,11 @@ class RabbitMQQueue(ClaimQueue):
         self._link: Link | None = None
         self._link_lock = asyncio.Lock()
         self._held: dict[int, DeliveredMessage] = {}  # delivery tag -> delivery, current epoch
+        self._held_keys: dict[str, int] = {}  # job key -> the tag it is held under
         self._topology_ready = False
         self._lost_logged = False
         self._idle_watch: asyncio.Task[None] | None = None
+        _HANDLES.add(self)
 
     def _clone(self) -> RabbitMQQueue:
         given = {name: value for name, value in self._given.items() if value is not None}
@@ -174,6 +182,7 @@ class RabbitMQQueue(ClaimQueue):
         """The consuming channel closed: every delivery on it is the broker's again."""
         self._epoch += 1
         self._held.clear()
+        self._held_keys.clear()
         if not self._closed and not self._lost_logged:
             self._lost_logged = True
             logger.warning("%r lost its connection (%s); its deliveries go back to the queue; reconnecting",
@@ -256,9 +265,17 @@ class RabbitMQQueue(ClaimQueue):
         rows: list[Claimed] = []
         exhausted: list[tuple[Lease, str, str | None]] = []
         early: list[Lease] = []
+        duplicates: list[Lease] = []
         for delivery in deliveries:
             held = self._lease(delivery)
             self._held[_tag(delivery)] = delivery
+            if self._held_keys.get(held.key, -1) in self._held:
+                # A second copy of a job held here (a copy stored before its original's
+                # acknowledgement was lost): it goes back to the queue, its attempt undone,
+                # rather than beside its twin (a batcher tracks a job by its key).
+                duplicates.append(held)
+                continue
+            self._held_keys[held.key] = _tag(delivery)
             if _due(delivery) > time.time() + _EARLY:
                 early.append(held)  # a delay longer than the top level: it waits again
             elif max_attempts is not None and held.attempts > max_attempts:
@@ -267,6 +284,8 @@ class RabbitMQQueue(ClaimQueue):
             else:
                 job_id, payload = unframe(delivery.body)
                 rows.append(Claimed(held, job_id, payload))
+        if duplicates:
+            await self._replace(duplicates, [(lease, lease.attempts - 1, None) for lease in duplicates])
         if early:
             await self._replace(early, [(lease, lease.attempts - 1, _due_of(lease)) for lease in early])
         if exhausted:
@@ -344,8 +363,8 @@ class RabbitMQQueue(ClaimQueue):
         if link.broken or any(lease.epoch != self._epoch for lease in live):
             return 0
         tags = [lease.ref.delivery_tag for lease in live]
-        for tag in tags:
-            self._held.pop(tag, None)
+        for lease in live:
+            self._held.pop(lease.ref.delivery_tag, None)
         await link.ack(tags)
         return len(tags)
 
@@ -402,26 +421,47 @@ class RabbitMQQueue(ClaimQueue):
 
     # -- stats and dead letters ---------------------------------------------------------------------
 
-    async def _counts(self, queues: list[str]) -> list[int]:
+    async def _counts(self, queues: list[str]) -> list[tuple[int, int]]:
         link = await self._connected()
         try:
-            return await link.ready_counts(queues)
+            return await link.declared(queues)
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
             raise InvalidQueueError(f"{self!r}: a queue of it is missing ({exc})") from exc
 
     async def _stats(self) -> QueueStats:
         names = self.names
-        ready, dead, *delayed = await self._counts(names.all_queues)
-        # Deliveries held unacknowledged are counted by the management API only.
-        return QueueStats(pending=ready, delayed=sum(delayed), in_flight=None, done=None, dead=dead,
-                          oldest_age=None)  # fmt: skip
+        (ready, consumers), (dead, _), *delayed = await self._counts(names.all_queues)
+        in_flight = self._local_in_flight(consumers)
+        if in_flight is None and not ready:
+            # A consumer whose connection just died is counted until the broker has closed it
+            # (and taken its deliveries back): look again once it has had the time to.
+            await asyncio.sleep(_CLOSING_CONSUMER)
+            (ready, consumers), (dead, _), *delayed = await self._counts(names.all_queues)
+            in_flight = self._local_in_flight(consumers)
+        return QueueStats(pending=ready, delayed=sum(count for count, _ in delayed), in_flight=in_flight,
+                          done=None, dead=dead, oldest_age=None)  # fmt: skip
+
+    def _local_in_flight(self, consumers: int) -> int | None:
+        """The deliveries held unacknowledged, when every consumer of the queue is in this process.
+
+        AMQP counts ready messages only (held ones are the management API's); but a handle
+        knows what it holds, so with no consumer elsewhere the count is exact.  ``None``
+        otherwise.
+        """
+        mine = [
+            q for q in list(_HANDLES) if q.names.name == self.names.name and q._client_url == self._client_url
+        ]
+        links = [q._link for q in mine if q._link is not None and not q._link.broken]
+        if consumers != sum(link.consumer_tag is not None for link in links):
+            return None
+        return sum(len(q._held) for q in mine) + sum(len(link.buffer) for link in links)
 
     async def _read_dead(self, limit: int | None) -> tuple[Any, list[DeliveredMessage]]:
         """A channel holding the first ``limit`` dead letters (all, for ``None``) unacknowledged.
 
         Closing the channel puts back every one not acknowledged: listing loses nothing.
         """
-        (count,) = await self._counts([self.names.dead])
+        ((count, _),) = await self._counts([self.names.dead])
         link = await self._connected()
         channel = await link.connection.channel(publisher_confirms=False)
         raw = await channel.get_underlay_channel()
