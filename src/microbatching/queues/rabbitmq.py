@@ -69,6 +69,7 @@ _TRICKLE = 0.005  # seconds a claim waits for the rest of a window once deliveri
 _DEAD_READ_MAX = 65_535  # dead letters one listing, requeue or purge reads at most
 _DEAD_QUIET_FIRST, _DEAD_QUIET = 2.0, 0.1  # seconds without a dead letter arriving that end a read
 _CLOSING_CONSUMER = 0.3  # seconds the broker is given to close a dead consumer's connection
+_SUSPECT_AFTER = 2  # earlier deliveries ended by a dead consumer that make a job suspect
 _IDLE = 1.0  # seconds without a claim after which a handle gives back what it was pushed
 
 
@@ -284,6 +285,15 @@ class RabbitMQQueue(ClaimQueue):
             else:
                 job_id, payload = unframe(delivery.body)
                 rows.append(Claimed(held, job_id, payload))
+        suspect = next((row for row in rows if row.lease.recovered >= _SUSPECT_AFTER), None)
+        if suspect is not None:
+            # A job whose consumer died with it before may kill this one: it is handed out
+            # alone (a batcher runs it alone), with nothing else held here to share its
+            # fate (a crash counts a delivery on each).  The consumer stops until the next claim.
+            others = [row.lease for row in rows if row is not suspect]
+            rows = [suspect]
+            await self._give_back_buffered(link)
+            await self._release(others)
         if duplicates:
             await self._replace(duplicates, [(lease, lease.attempts - 1, None) for lease in duplicates])
         if early:
