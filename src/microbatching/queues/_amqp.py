@@ -180,6 +180,9 @@ class Link:
         those of a cancelled one stay held, and are settled on the same channel.
         """
         await self.cancel()
+        await asyncio.shield(self._consume_with(queue, prefetch))
+
+    async def _consume_with(self, queue: str, prefetch: int) -> None:
         channel = self.consume_channel
         await channel.basic_qos(prefetch_count=prefetch)
         self.prefetch, self.window = prefetch, set()
@@ -214,11 +217,16 @@ class Link:
         """Stop the consumer: the broker sends nothing more (what is buffered stays buffered)."""
         tag, self.consumer_tag = self.consumer_tag, None
         if tag is not None and not self.broken:
-            await self.consume_channel.basic_cancel(tag)
+            # Shielded, as every call on this channel: aiormq closes a channel whose call is
+            # cancelled, and every delivery held on it would go back counted.
+            await asyncio.shield(self.consume_channel.basic_cancel(tag))
 
     async def ack(self, tags: list[int]) -> None:
         """Acknowledge ``tags`` (frames written without waiting), then one round trip confirms the
         broker read them: it handles a channel's frames in order."""
+        await asyncio.shield(self._ack(tags))
+
+    async def _ack(self, tags: list[int]) -> None:
         channel = self.consume_channel
         for tag in tags:
             self.window.discard(tag)

@@ -254,7 +254,7 @@ class RabbitMQQueue(ClaimQueue):
         link.last_claim = time.monotonic()
         if self._closed:  # closing: what the broker pushes now would only go back
             return []
-        if link.consumer_tag is None or (not self._prefetch and len(link.buffer) + link.room < limit):
+        if link.consumer_tag is None or (not self._prefetch and self._window_too_small(link, limit)):
             # The first claim of a batcher asks for what it can run: batch_size * (concurrency + 1).
             await link.consume(self.names.name, self._prefetch or limit)
             self._watch_idle()
@@ -301,6 +301,17 @@ class RabbitMQQueue(ClaimQueue):
         if exhausted:
             await self._dead_letter(exhausted)
         return rows
+
+    def _window_too_small(self, link: Link, limit: int) -> bool:
+        """Whether a claim needs a new consumer: it asks for more than the prefetch window, or the
+        caller holds a full window of claimed jobs and asks for more.
+
+        A batcher never does either (it claims what it can run); restarting the consumer
+        is for callers that claim without settling.
+        """
+        if limit > link.prefetch:
+            return True
+        return not link.room and not link.buffer and len(self._held) >= link.prefetch
 
     async def _await_deliveries(self, link: Link, wait: float, limit: int) -> None:
         """Wait up to ``wait`` for a delivery; with no wait, for one the broker is about to push.
