@@ -126,7 +126,7 @@ class Link:
         self.buffer: collections.deque[DeliveredMessage] = collections.deque()
         self.arrived = asyncio.Event()
         self.prefetch = 0
-        self.consumer_tag: str | None = None
+        self.consumer_tags: list[str] = []
         #: Tags delivered to the current consumer and not yet settled: what fills its window.
         self.window: set[int] = set()
         self.last_claim = 0.0
@@ -169,25 +169,30 @@ class Link:
         return self._consume
 
     @property
+    def consuming(self) -> bool:
+        return bool(self.consumer_tags)
+
+    @property
     def room(self) -> int:
-        """How many more deliveries the current consumer's prefetch window lets the broker send."""
-        return 0 if self.consumer_tag is None else max(0, self.prefetch - len(self.window))
+        """How many more deliveries the consumers' prefetch windows let the broker send."""
+        return max(0, self.prefetch - len(self.window)) if self.consumer_tags else 0
 
     async def consume(self, queue: str, prefetch: int) -> None:
-        """(Re)start the consumer on ``queue`` with a window of ``prefetch`` unacknowledged deliveries.
+        """Widen the window by ``prefetch`` unacknowledged deliveries: one more consumer on ``queue``.
 
-        The window (``basic.qos``, per consumer) counts only this consumer's deliveries:
-        those of a cancelled one stay held, and are settled on the same channel.
+        The window (``basic.qos``) is per consumer; a wider one is a second consumer beside
+        the first, never a restart: what the first holds stays counted.
         """
-        await self.cancel()
         await asyncio.shield(self._consume_with(queue, prefetch))
 
     async def _consume_with(self, queue: str, prefetch: int) -> None:
         channel = self.consume_channel
+        if not self.consumer_tags:
+            self.prefetch, self.window = 0, set()
         await channel.basic_qos(prefetch_count=prefetch)
-        self.prefetch, self.window = prefetch, set()
         ok = await channel.basic_consume(queue, self._delivered, no_ack=False)
-        self.consumer_tag = ok.consumer_tag
+        self.prefetch += prefetch
+        self.consumer_tags.append(str(ok.consumer_tag))
 
     async def _delivered(self, message: DeliveredMessage) -> None:
         if not self.broken:
@@ -214,12 +219,16 @@ class Link:
         return counts
 
     async def cancel(self) -> None:
-        """Stop the consumer: the broker sends nothing more (what is buffered stays buffered)."""
-        tag, self.consumer_tag = self.consumer_tag, None
-        if tag is not None and not self.broken:
+        """Stop the consumers: the broker sends nothing more (what is buffered stays buffered)."""
+        tags, self.consumer_tags = self.consumer_tags, []
+        if tags and not self.broken:
             # Shielded, as every call on this channel: aiormq closes a channel whose call is
             # cancelled, and every delivery held on it would go back counted.
-            await asyncio.shield(self.consume_channel.basic_cancel(tag))
+            await asyncio.shield(self._cancel(tags))
+
+    async def _cancel(self, tags: list[str]) -> None:
+        for tag in tags:
+            await self.consume_channel.basic_cancel(tag)
 
     async def ack(self, tags: list[int]) -> None:
         """Acknowledge ``tags`` (frames written without waiting), then one round trip confirms the

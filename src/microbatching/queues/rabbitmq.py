@@ -254,10 +254,12 @@ class RabbitMQQueue(ClaimQueue):
         link.last_claim = time.monotonic()
         if self._closed:  # closing: what the broker pushes now would only go back
             return []
-        if link.consumer_tag is None or (not self._prefetch and self._window_too_small(link, limit)):
+        if not link.consuming:
             # The first claim of a batcher asks for what it can run: batch_size * (concurrency + 1).
             await link.consume(self.names.name, self._prefetch or limit)
             self._watch_idle()
+        elif not self._prefetch and (extra := self._window_short_by(link, limit, wait)):
+            await link.consume(self.names.name, extra)
         if len(link.buffer) < limit:
             await self._await_deliveries(link, wait, limit)
         if link.broken or self._closed:
@@ -302,16 +304,18 @@ class RabbitMQQueue(ClaimQueue):
             await self._dead_letter(exhausted)
         return rows
 
-    def _window_too_small(self, link: Link, limit: int) -> bool:
-        """Whether a claim needs a new consumer: it asks for more than the prefetch window, or the
-        caller holds a full window of claimed jobs and asks for more.
+    def _window_short_by(self, link: Link, limit: int, wait: float) -> int:
+        """How much wider the window must be for this claim: 0 but for a claim larger than it,
+        or one that will not wait while the caller holds a full window of claimed jobs.
 
-        A batcher never does either (it claims what it can run); restarting the consumer
-        is for callers that claim without settling.
+        A batcher does neither (it claims what it can run, and waits while its settles are
+        on their way); a caller that claims without settling does.
         """
         if limit > link.prefetch:
-            return True
-        return not link.room and not link.buffer and len(self._held) >= link.prefetch
+            return limit - link.prefetch
+        if wait <= 0 and not link.room and not link.buffer and len(self._held) >= link.prefetch:
+            return limit
+        return 0
 
     async def _await_deliveries(self, link: Link, wait: float, limit: int) -> None:
         """Wait up to ``wait`` for a delivery; with no wait, for one the broker is about to push.
@@ -351,7 +355,7 @@ class RabbitMQQueue(ClaimQueue):
         while not self.closed:
             await asyncio.sleep(_IDLE / 2)
             link = self._link
-            if link is None or link.broken or link.consumer_tag is None:
+            if link is None or link.broken or not link.consuming:
                 continue
             if time.monotonic() - link.last_claim >= _IDLE:
                 try:
@@ -473,7 +477,7 @@ class RabbitMQQueue(ClaimQueue):
             q for q in list(_HANDLES) if q.names.name == self.names.name and q._client_url == self._client_url
         ]
         links = [q._link for q in mine if q._link is not None and not q._link.broken]
-        if consumers != sum(link.consumer_tag is not None for link in links):
+        if consumers != sum(len(link.consumer_tags) for link in links):
             return None
         return sum(len(q._held) for q in mine) + sum(len(link.buffer) for link in links)
 
