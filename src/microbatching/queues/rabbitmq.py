@@ -68,7 +68,7 @@ _PUSH_GRACE = 0.5
 _TRICKLE = 0.005  # seconds a claim waits for the rest of a window once deliveries arrive
 _DEAD_READ_MAX = 65_535  # dead letters one listing, requeue or purge reads at most
 _DEAD_QUIET_FIRST, _DEAD_QUIET = 2.0, 0.1  # seconds without a dead letter arriving that end a read
-_CLOSING_CONSUMER = 0.3  # seconds the broker is given to close a dead consumer's connection
+_CLOSING_CONSUMER, _CLOSING_LOOKS = 0.3, 6  # a dead consumer's connection: looks again, seconds apart
 _SUSPECT_AFTER = 2  # earlier deliveries ended by a dead consumer that make a job suspect
 _IDLE = 1.0  # seconds without a claim after which a handle gives back what it was pushed
 
@@ -457,7 +457,9 @@ class RabbitMQQueue(ClaimQueue):
         names = self.names
         (ready, consumers), (dead, _), *delayed = await self._counts(names.all_queues)
         in_flight = self._local_in_flight(consumers)
-        if in_flight is None and not ready:
+        for _ in range(_CLOSING_LOOKS):
+            if in_flight is not None or ready:
+                break
             # A consumer whose connection just died is counted until the broker has closed it
             # (and taken its deliveries back): look again once it has had the time to.
             await asyncio.sleep(_CLOSING_CONSUMER)
