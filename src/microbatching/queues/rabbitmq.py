@@ -150,6 +150,7 @@ class RabbitMQQueue(ClaimQueue):
         self._link_lock = asyncio.Lock()
         self._held: dict[int, DeliveredMessage] = {}  # delivery tag -> delivery, current epoch
         self._held_keys: dict[str, int] = {}  # job key -> the tag it is held under
+        self._settling: set[int] = set()  # tags whose settle is under way
         self._topology_ready = False
         self._lost_logged = False
         self._idle_watch: asyncio.Task[None] | None = None
@@ -184,6 +185,7 @@ class RabbitMQQueue(ClaimQueue):
         self._epoch += 1
         self._held.clear()
         self._held_keys.clear()
+        self._settling.clear()
         if not self._closed and not self._lost_logged:
             self._lost_logged = True
             logger.warning("%r lost its connection (%s); its deliveries go back to the queue; reconnecting",
@@ -297,8 +299,10 @@ class RabbitMQQueue(ClaimQueue):
             await self._give_back_buffered(link)
             await self._release(others)
         if duplicates:
+            duplicates = self._live(duplicates)
             await self._replace(duplicates, [(lease, lease.attempts - 1, None) for lease in duplicates])
         if early:
+            early = self._live(early)
             await self._replace(early, [(lease, lease.attempts - 1, _due_of(lease)) for lease in early])
         if exhausted:
             await self._dead_letter(exhausted)
@@ -375,26 +379,48 @@ class RabbitMQQueue(ClaimQueue):
     # -- settling ---------------------------------------------------------------------------------
 
     def _live(self, leases: list[Lease]) -> list[Lease]:
-        """The leases still held on this channel (a tag acknowledged twice would close it)."""
-        return [
-            lease for lease in leases if lease.epoch == self._epoch and lease.ref.delivery_tag in self._held
-        ]
+        """The leases still held on this channel and not being settled already (a tag acknowledged
+        twice would close the channel), now marked as being settled.
+
+        Their tags leave the consumer's window at once, and their keys stop counting as held:
+        a copy this settle stores is not a duplicate of them.
+        """
+        live = [
+            lease for lease in leases
+            if lease.epoch == self._epoch and lease.ref.delivery_tag in self._held
+            and lease.ref.delivery_tag not in self._settling
+        ]  # fmt: skip
+        for lease in live:
+            self._settling.add(lease.ref.delivery_tag)
+            if self._held_keys.get(lease.key) == lease.ref.delivery_tag:
+                del self._held_keys[lease.key]
+        if self._link is not None:
+            self._link.window.difference_update(lease.ref.delivery_tag for lease in live)
+        return live
 
     async def _finish(self, leases: list[Lease]) -> int:
-        live = self._live(leases)
+        """Acknowledge the leases (marked as being settled by ``_live``)."""
+        live = [
+            lease for lease in leases if lease.epoch == self._epoch and lease.ref.delivery_tag in self._held
+        ]
         if not live:
             return 0
         link = await self._connected()
         if link.broken or any(lease.epoch != self._epoch for lease in live):
             return 0
         tags = [lease.ref.delivery_tag for lease in live]
-        for lease in live:
-            self._held.pop(lease.ref.delivery_tag, None)
+        for tag in tags:
+            self._held.pop(tag, None)
+            self._settling.discard(tag)
         await link.ack(tags)
         return len(tags)
 
+    async def _settle(self, leases: list[Lease]) -> int:
+        """Acknowledge leases not yet marked as being settled."""
+        return await self._finish(self._live(leases))
+
     async def _ack(self, leases: list[Lease]) -> int:
-        return await self._finish(leases)
+        return await self._settle(leases)
 
     async def _retry(self, leases: list[Lease], delays: list[float]) -> int:
         now = time.time()
@@ -416,9 +442,7 @@ class RabbitMQQueue(ClaimQueue):
         for lease, attempts, due in copies:
             headers = {_KEY: lease.key, _ATTEMPTS: attempts, _RECOVERED: lease.recovered}
             out.append(self._publish(lease.ref.body, headers, lease.key, due))
-        link = await self._connected()
-        await link.publish_all(out)
-        return await self._finish(leases)
+        return await self._publish_then_finish(out, leases)
 
     async def _dead_letter(self, entries: list[tuple[Lease, str, str | None]]) -> int:
         live = {lease.token for lease in self._live([lease for lease, _, _ in entries])}
@@ -436,13 +460,24 @@ class RabbitMQQueue(ClaimQueue):
                 delivery_mode=2, message_id=uuid.uuid4().hex, headers=headers
             )
             records.append(Publish(self.names.dead, lease.ref.body, properties))
-        link = await self._connected()
-        await link.publish_all(records)
-        return await self._finish([lease for lease, _, _ in entries])
+        return await self._publish_then_finish(records, [lease for lease, _, _ in entries])
+
+    async def _publish_then_finish(self, messages: list[Publish], leases: list[Lease]) -> int:
+        """Store ``messages`` (confirmed), then acknowledge the leases they replace.
+
+        If either fails, the leases are no longer being settled: a later call may settle them.
+        """
+        try:
+            link = await self._connected()
+            await link.publish_all(messages)
+            return await self._finish(leases)
+        except BaseException:
+            self._settling.difference_update(lease.ref.delivery_tag for lease in leases)
+            raise
 
     async def _extend(self, leases: list[Lease], lease: float) -> int:
         # A delivery is held until its channel closes: there is nothing to renew.
-        return len(self._live(leases))
+        return sum(lease.epoch == self._epoch and lease.ref.delivery_tag in self._held for lease in leases)
 
     # -- stats and dead letters ---------------------------------------------------------------------
 
