@@ -216,6 +216,13 @@ def _wait_for(done: Path, count: int, timeout: float) -> None:
 
 
 def _delete_queue(queue: str) -> None:
+    """Delete the benchmark's queue and what Celery declared beside it.
+
+    Celery (5.5+) on quorum queues sets up its native delayed delivery: the queues and
+    exchanges ``celery_delayed_0`` .. ``celery_delayed_27`` and ``celery_delayed_delivery``;
+    its worker declares the ``celery.pidbox`` exchange.
+    """
+
     async def main() -> None:
         import aio_pika
 
@@ -223,6 +230,12 @@ def _delete_queue(queue: str) -> None:
         try:
             channel = await connection.channel()
             await channel.queue_delete(queue)
+            await channel.exchange_delete(queue)
+            for level in range(28):
+                await channel.queue_delete(f"celery_delayed_{level}")
+                await channel.exchange_delete(f"celery_delayed_{level}")
+            await channel.exchange_delete("celery_delayed_delivery")
+            await channel.exchange_delete("celery.pidbox")
         finally:
             await connection.close()
 
