@@ -98,6 +98,17 @@ async def terminate_postgres_backends(queue: Any) -> None:
         await conn.close()
 
 
+RABBITMQ = os.environ.get("MICROBATCHING_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+async def _rabbitmq_break(queue: Any) -> None:
+    """Cut the queue's connection on the server's side: RabbitMQ sees its client gone."""
+    link = await queue._connected()
+    # aiormq keeps the socket's writer in its writer task only
+    writer = link.connection.transport.connection._writer_task.get_coro().cr_frame.f_locals["writer"]
+    await cut_tcp_from_server(writer.get_extra_info("sockname"), urlsplit(RABBITMQ).port or 5672)
+
+
 BACKENDS: list[Backend] = [
     Backend("sqlite", lambda name, tmp: f"sqlite:///{tmp}/{name}.db"),
     Backend(
@@ -122,5 +133,14 @@ BACKENDS: list[Backend] = [
         service=(urlsplit(POSTGRES).hostname or "127.0.0.1", urlsplit(POSTGRES).port or 5432, "PostgreSQL"),
         client="asyncpg",
         break_connection=terminate_postgres_backends,
+    ),
+    Backend(
+        "rabbitmq",
+        # create_wait=0: no test here kills the broker (tests/test_rabbitmq.py does, with the default)
+        lambda name, tmp: f"{RABBITMQ}?name={name}&create_wait=0",
+        service=(urlsplit(RABBITMQ).hostname or "127.0.0.1", urlsplit(RABBITMQ).port or 5672, "RabbitMQ"),
+        client="aio_pika",
+        break_connection=_rabbitmq_break,
+        vanish_by_closing=True,
     ),
 ]

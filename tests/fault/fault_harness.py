@@ -100,6 +100,14 @@ class FaultRun:
             out.write(line + "\n")
 
 
+def known(in_flight: int | None) -> int:
+    """An in-flight count; unknown (``None``: the broker does not count held deliveries) as 0.
+
+    ``stats.done`` may be unknown the same way; the effects logs count what was done.
+    """
+    return 0 if in_flight is None else in_flight
+
+
 def finish(process: subprocess.Popen[bytes], timeout: float = 60) -> int:
     """Wait for a worker; on timeout kill it and fail, showing its stderr."""
     try:

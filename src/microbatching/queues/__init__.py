@@ -37,6 +37,7 @@ _BROKER_QUEUES: dict[str, tuple[str, str]] = {
     "RedisQueue": ("microbatching.queues.redis", "redis"),
     "NatsQueue": ("microbatching.queues.nats", "nats"),
     "PostgresQueue": ("microbatching.queues.postgres", "postgres"),
+    "RabbitMQQueue": ("microbatching.queues.rabbitmq", "amqp"),
 }
 
 

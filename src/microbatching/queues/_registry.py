@@ -23,6 +23,8 @@ _SCHEMES: dict[str, tuple[str, str, str]] = {
     "tls": ("microbatching.queues.nats", "NatsQueue", "nats"),
     "postgresql": ("microbatching.queues.postgres", "PostgresQueue", "postgres"),
     "postgres": ("microbatching.queues.postgres", "PostgresQueue", "postgres"),
+    "amqp": ("microbatching.queues.rabbitmq", "RabbitMQQueue", "amqp"),
+    "amqps": ("microbatching.queues.rabbitmq", "RabbitMQQueue", "amqp"),
 }
 
 #: Query parameters whose values are secrets (libpq, redis-py, NATS and AMQP spellings).

@@ -279,7 +279,7 @@ class QueueConformance:
             _expect(done.wait(self.patience), "the 100 jobs to be processed")
         _equal(sorted(seen), list(range(100)))
         stats = _run(_stats(self.make_queue()))
-        _equal((stats.pending, stats.in_flight), (0, 0))
+        _equal((stats.pending, _known(stats.in_flight)), (0, 0))
         _expect(stats.done in (100, None), "stats.done == 100 (or unknown)")
 
     def test_shutdown_settles_everything_it_claimed(self) -> None:
@@ -289,7 +289,7 @@ class QueueConformance:
         mb.shutdown()
         _equal([h.result(timeout=0) for h in handles], list(range(23)))
         stats = _run(_stats(self.make_queue()))
-        _equal((stats.pending, stats.in_flight, stats.delayed), (0, 0, 0))
+        _equal((stats.pending, _known(stats.in_flight), stats.delayed), (0, 0, 0))
         _expect(stats.done in (23, None), "stats.done == 23 (or unknown)")
 
     def test_a_handle_whose_job_stays_queued_fails_saying_so(self) -> None:
@@ -308,7 +308,7 @@ class QueueConformance:
         with pytest.raises(JobCancelledError, match="'later' is still in the durable queue"):
             handle.result(timeout=0)
         stats = _run(_stats(self.make_queue()))
-        _equal(stats.in_flight, 0)
+        _equal(_known(stats.in_flight), 0)
         _expect(stats.delayed in (1, None), "stats.delayed == 1 (or unknown)")
 
     def test_a_cancelled_shutdown_gives_claimed_jobs_back(self) -> None:
@@ -381,7 +381,7 @@ class QueueConformance:
             _expect((await queue.stats()).in_flight in (3, None), "in_flight == 3 (or unknown)")
             _equal(await queue.ack(jobs), 3)
             stats = await queue.stats()
-            _equal((stats.pending, stats.in_flight), (0, 0))
+            _equal((stats.pending, _known(stats.in_flight)), (0, 0))
             _expect(stats.done in (3, None), "done == 3 (or unknown)")
             _equal(await queue.claim(10, 30.0), [])
 
@@ -559,7 +559,7 @@ class QueueConformance:
             )
             _expect(all(d.failed_at > time.time() - 60 for d in dead), "failed_at to be the time of failure")
             stats = await queue.stats()
-            _equal((stats.pending, stats.in_flight), (0, 0))
+            _equal((stats.pending, _known(stats.in_flight)), (0, 0))
             _expect(stats.dead in (3, None), "dead == 3 (or unknown)")
             first = next(d for d in dead if d.job_id == 0)
             _equal(await queue.requeue_dead([first.key]), 1)
@@ -849,6 +849,11 @@ async def _stats(queue: ClaimQueue) -> Any:
         return await queue.stats()
     finally:
         await queue.close()
+
+
+def _known(in_flight: int | None) -> int:
+    """An in-flight count, an unknown one (a broker that cannot count held deliveries) as 0."""
+    return 0 if in_flight is None else in_flight
 
 
 def _expect(condition: object, what: str) -> None:

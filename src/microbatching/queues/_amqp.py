@@ -1,0 +1,266 @@
+"""AMQP plumbing for the RabbitMQ queue: the queues one job queue is made of, and its connection.
+
+``Layout`` names the broker queues and gives their declare arguments.  ``Link`` is one
+connection with two channels: a consuming channel (manual acknowledgements, ``basic.qos``
+prefetch, deliveries buffered until claimed) and a publishing channel in confirm mode.
+When the consuming channel closes (the connection dropped, or the broker's
+``consumer_timeout`` closed it), every delivery held on it is gone: the broker hands
+those messages out again, and the link is ``broken`` until the queue opens a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import aiormq
+from aiormq.abc import DeliveredMessage
+from pamqp import commands
+from pamqp.common import FieldTable
+
+__all__ = ["BrokerRefused", "Layout", "Link", "Publish", "client_errors", "delivery_count"]
+
+#: Delay levels: queue ``<name>.delay.<ms>`` holds messages up to ``ms``, for ``ms`` =
+#: 100 ms * 2**k.  A longer delay waits out the top level as often as it needs.
+_FIRST_LEVEL_MS = 100
+_LEVELS = 20  # 100 ms .. 14.6 h
+_PUBLISH_CHUNK = 2000  # publishes in flight at once, their confirms awaited together
+
+
+class BrokerRefused(Exception):
+    """The broker refused a publish (a negative confirm, or the message could not be routed)."""
+
+
+def client_errors() -> tuple[type[BaseException], ...]:
+    """The client's exceptions the queue translates into ``QueueError``."""
+    return (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, BrokerRefused,
+            ConnectionError, OSError, asyncio.TimeoutError)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Publish:
+    """One message to publish: the queue it goes to, its body and its properties."""
+
+    routing_key: str
+    body: bytes
+    properties: aiormq.spec.Basic.Properties
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The broker queues of the job queue called ``name``.
+
+    ``name`` holds ready jobs, ``name.dead`` the dead letters, and ``name.delay.<ms>`` the
+    jobs waiting out a delay of at most ``ms``: each level's messages expire (per-message
+    TTL, the level's TTL as a bound) and are dead-lettered back into ``name``.  Within a
+    level every delay is at least half the level, so no job waits behind one due later
+    than twice its own delay, and levels never hold each other up.
+    """
+
+    name: str
+    queue_type: str = "quorum"
+    delivery_limit: int = 0
+
+    @property
+    def dead(self) -> str:
+        return f"{self.name}.dead"
+
+    @property
+    def levels(self) -> list[int]:
+        return [_FIRST_LEVEL_MS << k for k in range(_LEVELS)]
+
+    def level_queue(self, ms: int) -> str:
+        return f"{self.name}.delay.{ms}"
+
+    @property
+    def all_queues(self) -> list[str]:
+        return [self.name, self.dead, *map(self.level_queue, self.levels)]
+
+    def level_for(self, seconds: float) -> tuple[str, int]:
+        """The delay queue a delay of ``seconds`` waits in, and the per-message TTL (ms) it gets there."""
+        ms = max(1, math.ceil(seconds * 1000))
+        for level in self.levels:
+            if ms <= level:
+                return self.level_queue(level), ms
+        top = self.levels[-1]
+        return self.level_queue(top), top
+
+    def arguments(self) -> dict[str, FieldTable]:
+        """Each broker queue's declare arguments."""
+        base: FieldTable = {"x-queue-type": self.queue_type}
+        main = {**base, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.dead}
+        if self.delivery_limit and self.queue_type == "quorum":
+            main["x-delivery-limit"] = self.delivery_limit
+        result: dict[str, FieldTable] = {self.name: main, self.dead: dict(base)}
+        for level in self.levels:
+            delayed = {**base, "x-message-ttl": level, "x-dead-letter-exchange": "",
+                       "x-dead-letter-routing-key": self.name}  # fmt: skip
+            if self.queue_type == "quorum":  # dead-lettered back only once the main queue has it
+                delayed.update({"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+            result[self.level_queue(level)] = delayed
+        return result
+
+
+def delivery_count(message: DeliveredMessage) -> int:
+    """How often the broker handed this message out before (``x-delivery-count``; 0 on a classic queue)."""
+    headers = message.header.properties.headers or {}
+    count = headers.get("x-delivery-count", 0)
+    return count if isinstance(count, int) else 0
+
+
+class Link:
+    """One connection to the broker: a consuming channel and a confirming publishing channel."""
+
+    def __init__(
+        self, connection: aio_pika.abc.AbstractConnection, on_lost: Callable[[BaseException | None], None]
+    ):
+        self.connection = connection
+        self._on_lost = on_lost
+        self.broken = False
+        self.buffer: collections.deque[DeliveredMessage] = collections.deque()
+        self.arrived = asyncio.Event()
+        self.prefetch = 0
+        self.consumer_tags: list[str] = []
+        #: Tags delivered to the current consumer and not yet settled: what fills its window.
+        self.window: set[int] = set()
+        self.last_claim = 0.0
+        self._consume: aiormq.abc.AbstractChannel | None = None
+        self._publish: aiormq.abc.AbstractChannel | None = None
+        self._query: aio_pika.abc.AbstractChannel | None = None
+
+    @classmethod
+    async def open(
+        cls, url: str, name: str, on_lost: Callable[[BaseException | None], None], **options: Any
+    ) -> Link:
+        connection = await aio_pika.connect(
+            url, client_properties={"connection_name": f"microbatching {name} pid {os.getpid()}"}, **options
+        )
+        link = cls(connection, on_lost)
+        try:
+            connection.close_callbacks.add(link._lost)
+            consume = await connection.channel(publisher_confirms=False)
+            publish = await connection.channel(publisher_confirms=True)
+            consume.close_callbacks.add(link._lost)
+            link._consume = await consume.get_underlay_channel()
+            link._publish = await publish.get_underlay_channel()
+        except BaseException:
+            await connection.close()
+            raise
+        return link
+
+    def _lost(self, _sender: object = None, exc: BaseException | None = None) -> None:
+        if self.broken:
+            return
+        self.broken = True
+        self.buffer.clear()  # the broker hands these out again
+        self.arrived.set()
+        self._on_lost(exc)
+
+    @property
+    def consume_channel(self) -> aiormq.abc.AbstractChannel:
+        if self._consume is None or self.broken:
+            raise aiormq.exceptions.ChannelInvalidStateError("the connection to RabbitMQ was lost")
+        return self._consume
+
+    @property
+    def consuming(self) -> bool:
+        return bool(self.consumer_tags)
+
+    @property
+    def room(self) -> int:
+        """How many more deliveries the consumers' prefetch windows let the broker send."""
+        return max(0, self.prefetch - len(self.window)) if self.consumer_tags else 0
+
+    async def consume(self, queue: str, prefetch: int) -> None:
+        """Widen the window by ``prefetch`` unacknowledged deliveries: one more consumer on ``queue``.
+
+        The window (``basic.qos``) is per consumer; a wider one is a second consumer beside
+        the first, never a restart: what the first holds stays counted.
+        """
+        await asyncio.shield(self._consume_with(queue, prefetch))
+
+    async def _consume_with(self, queue: str, prefetch: int) -> None:
+        channel = self.consume_channel
+        if not self.consumer_tags:
+            self.prefetch, self.window = 0, set()
+        await channel.basic_qos(prefetch_count=prefetch)
+        ok = await channel.basic_consume(queue, self._delivered, no_ack=False)
+        self.prefetch += prefetch
+        self.consumer_tags.append(str(ok.consumer_tag))
+
+    async def _delivered(self, message: DeliveredMessage) -> None:
+        if not self.broken:
+            self.window.add(int(message.delivery_tag or 0))
+            self.buffer.append(message)
+            self.arrived.set()
+
+    async def ready_counts(self, queues: list[str]) -> list[int]:
+        """The ready messages of each queue (a passive ``queue.declare``: the broker's own count).
+
+        Raises ``ChannelNotFoundEntity`` for a missing queue (its channel is opened anew next time).
+        """
+        return [ready for ready, _ in await self.declared(queues)]
+
+    async def declared(self, queues: list[str]) -> list[tuple[int, int]]:
+        """Each queue's ready messages and consumers, as a passive ``queue.declare`` tells them."""
+        if self._query is None or self._query.is_closed:
+            self._query = await self.connection.channel(publisher_confirms=False)
+        raw = await self._query.get_underlay_channel()
+        counts = []
+        for queue in queues:
+            ok = await raw.queue_declare(queue, passive=True)
+            counts.append((int(ok.message_count or 0), int(ok.consumer_count or 0)))
+        return counts
+
+    async def cancel(self) -> None:
+        """Stop the consumers: the broker sends nothing more (what is buffered stays buffered)."""
+        tags, self.consumer_tags = self.consumer_tags, []
+        if tags and not self.broken:
+            # Shielded, as every call on this channel: aiormq closes a channel whose call is
+            # cancelled, and every delivery held on it would go back counted.
+            await asyncio.shield(self._cancel(tags))
+
+    async def _cancel(self, tags: list[str]) -> None:
+        for tag in tags:
+            await self.consume_channel.basic_cancel(tag)
+
+    async def ack(self, tags: list[int]) -> None:
+        """Acknowledge ``tags`` (frames written without waiting), then one round trip confirms the
+        broker read them: it handles a channel's frames in order."""
+        await asyncio.shield(self._ack(tags))
+
+    async def _ack(self, tags: list[int]) -> None:
+        channel = self.consume_channel
+        for tag in tags:
+            self.window.discard(tag)
+            await channel.basic_ack(tag, wait=False)
+        await channel.basic_qos(prefetch_count=self.prefetch)
+
+    async def publish_all(self, messages: list[Publish]) -> None:
+        """Publish every message, the confirms awaited together; raises unless the broker has them all."""
+        if self._publish is None or self.broken:
+            raise aiormq.exceptions.ChannelInvalidStateError("the connection to RabbitMQ was lost")
+        channel = self._publish
+        for start in range(0, len(messages), _PUBLISH_CHUNK):
+            chunk = messages[start : start + _PUBLISH_CHUNK]
+            confirms = await asyncio.gather(
+                *(channel.basic_publish(m.body, routing_key=m.routing_key, properties=m.properties,
+                                        mandatory=True) for m in chunk)
+            )  # fmt: skip
+            for message, confirm in zip(chunk, confirms, strict=True):
+                if not isinstance(confirm, commands.Basic.Ack):
+                    raise BrokerRefused(
+                        f"RabbitMQ did not take a message for {message.routing_key!r}: {confirm!r}"
+                    )
+
+    async def close(self) -> None:
+        self.broken = True
+        self.buffer.clear()
+        if not self.connection.is_closed:
+            await self.connection.close()

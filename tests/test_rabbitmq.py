@@ -1,0 +1,433 @@
+"""RabbitMQQueue against live RabbitMQ: what the conformance suite cannot say about it.
+
+Connections closed from the server (``rabbitmqctl close_connection``), attempts counted by
+the broker, delays that do not hold each other up, dead letters read without losing them,
+publisher confirms, and round trips per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backends import RABBITMQ
+from conftest import service_available
+
+from microbatching import Job, MicroBatching
+from microbatching.errors import InvalidQueueError, QueueError
+from microbatching.queues import open_queue
+
+try:
+    from microbatching.queues.rabbitmq import RabbitMQQueue
+except ImportError:
+    if os.environ.get("MICROBATCHING_REQUIRE_SERVICES") == "1":
+        raise
+    pytest.skip("aio-pika is not installed", allow_module_level=True)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def _rabbitmq() -> None:
+    service_available("127.0.0.1", 5672, "RabbitMQ")
+
+
+@pytest.fixture
+def name() -> Iterator[str]:
+    queue_name = f"mb_rmq_{uuid.uuid4().hex[:10]}"
+    yield queue_name
+
+    async def drop() -> None:
+        queue = RabbitMQQueue(RABBITMQ, name=queue_name, create_wait=0)
+        try:
+            await queue.drop()
+        finally:
+            await queue.close()
+
+    asyncio.run(drop())
+
+
+def _queue(name: str, **options: Any) -> RabbitMQQueue:
+    options.setdefault("create_wait", 0)
+    return RabbitMQQueue(RABBITMQ, name=name, **options)
+
+
+async def _claim(queue: RabbitMQQueue, count: int, patience: float = 10.0, **kw: Any) -> list[Job[Any]]:
+    jobs: list[Job[Any]] = []
+    deadline = time.monotonic() + patience
+    while len(jobs) < count and time.monotonic() < deadline:
+        jobs += await queue.claim(count - len(jobs), wait=0.2, **kw)
+    return jobs
+
+
+def _close_from_server(queue: RabbitMQQueue) -> None:
+    """Close the queue's connection from the broker (``rabbitmqctl close_connection``)."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmqctl is not on PATH")
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    wanted = f"microbatching {queue.names.name} pid {os.getpid()}"
+    pids = [line.split("\t")[0] for line in listing.splitlines() if wanted in line]
+    assert pids, f"no connection named {wanted!r} on the broker"
+    for pid in pids:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by a test"],
+                       capture_output=True, check=True, timeout=60)  # fmt: skip
+
+
+async def _until_lost(queue: RabbitMQQueue, epoch: int) -> None:
+    deadline = time.monotonic() + 10
+    while queue._epoch == epoch and time.monotonic() < deadline:  # noqa: ASYNC110 - set by the client
+        await asyncio.sleep(0.01)
+    assert queue._epoch != epoch, "the queue did not see its connection close"
+
+
+def test_a_late_ack_after_a_closed_connection_cannot_remove_the_job_redelivered_elsewhere(name: str) -> None:
+    async def main() -> None:
+        slow, fast = _queue(name), _queue(name)
+        try:
+            await slow.aput_many(range(3))
+            stale = await _claim(slow, 3)
+            epoch = slow._epoch
+            await asyncio.to_thread(_close_from_server, slow)
+            await _until_lost(slow, epoch)
+            fresh = await _claim(fast, 3)
+            assert sorted(job.data for job in fresh) == [0, 1, 2]
+            assert [job.attempts for job in fresh] == [2, 2, 2]  # the broker counted the return
+            # The stale handle reconnected; its old delivery tags are refused, never sent again.
+            assert await slow.ack(stale) == 0
+            assert await slow.retry(stale, [0.0] * 3) == 0
+            assert await slow.dead_letter([(job, "late") for job in stale]) == 0
+            assert await fast.ack(fresh) == 3
+            assert (await fast.stats()).pending == 0
+            assert await _claim(slow, 1, patience=0.5) == []
+        finally:
+            await slow.close()
+            await fast.close()
+
+    asyncio.run(main())
+
+
+def test_attempts_are_the_brokers_delivery_count_across_retries(name: str) -> None:
+    async def main() -> None:
+        queue = _queue(name)
+        try:
+            await queue.aput("j")
+            for expected in (1, 2, 3):
+                consumer = _queue(name)
+                (job,) = await _claim(consumer, 1)
+                assert job.attempts == expected
+                await consumer.close()  # claimed and never settled: the broker takes it back
+            (job,) = await _claim(queue, 1)
+            assert (job.attempts, job.receipt.recovered) == (4, 3)
+            assert await queue.retry([job], [0.0]) == 1  # a copy carries the attempts spent
+            (job,) = await _claim(queue, 1)
+            assert (job.attempts, job.receipt.recovered) == (5, 3)
+            # Returned by the broker (the connection closed from its side): counted again.
+            epoch = queue._epoch
+            await asyncio.to_thread(_close_from_server, queue)
+            await _until_lost(queue, epoch)
+            (job,) = await _claim(queue, 1)
+            assert (job.attempts, job.receipt.recovered) == (6, 4)
+            assert await queue.ack([job]) == 1
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
+def test_a_long_delay_does_not_hold_back_a_short_one(name: str) -> None:
+    async def main() -> None:
+        queue = _queue(name)
+        try:
+            await queue.aput_many(["long", "short"])
+            jobs = sorted(await _claim(queue, 2), key=lambda job: job.data)
+            started = time.monotonic()
+            assert await queue.retry(jobs, [30.0, 0.3]) == 2  # "long" first in line
+            (back,) = await _claim(queue, 1)
+            waited = time.monotonic() - started
+            assert back.data == "short"
+            assert 0.28 <= waited < 5.0, waited
+            assert back.attempts == 2
+            stats = await queue.stats()
+            assert (stats.pending, stats.delayed) == (0, 1)
+            await queue.ack([back])
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
+def test_listing_dead_letters_loses_none_and_requeue_and_purge_pick_by_key(name: str) -> None:
+    async def main() -> None:
+        queue = _queue(name)
+        try:
+            await queue.aput_many([{"n": i} for i in range(4)], ids=[f"j{i}" for i in range(4)])
+            jobs = await _claim(queue, 4)
+            failures: list[tuple[Job[Any], BaseException | str]] = []
+            for job in jobs:
+                try:
+                    raise ValueError(f"bad {job.id}")
+                except ValueError as exc:
+                    failures.append((job, exc))
+            assert await queue.dead_letter(failures) == 4
+            for _ in range(3):  # reading them leaves them where they were
+                dead = await queue.dead_letters()
+                assert sorted(d.job_id for d in dead) == ["j0", "j1", "j2", "j3"]
+            assert all(d.traceback and "ValueError: bad" in d.traceback for d in dead)
+            assert (await queue.stats()).dead == 4
+            by_id = {d.job_id: d.key for d in dead}
+            assert await queue.requeue_dead([by_id["j1"]]) == 1
+            assert await queue.purge_dead([by_id["j2"]]) == 1
+            assert sorted(d.job_id for d in await queue.dead_letters()) == ["j0", "j3"]
+            (back,) = await _claim(queue, 1)
+            assert (back.id, back.data, back.attempts) == ("j1", {"n": 1}, 1)
+            assert await queue.purge_dead() == 2
+            assert await queue.dead_letters() == []
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
+def test_put_returns_once_the_broker_has_the_jobs_and_refuses_what_it_cannot_route(name: str) -> None:
+    async def main() -> None:
+        queue, counter = _queue(name), _queue(name)
+        try:
+            await queue.aput_many(range(500))
+            assert (await counter.stats()).pending == 500  # confirmed: counted at once
+            await counter.drop()  # the queue vanished under the producer
+            with pytest.raises(QueueError, match="did not take a message"):
+                await queue.aput("lost?")
+        finally:
+            await queue.close()
+            await counter.close()
+
+    asyncio.run(main())
+
+
+def test_a_batch_costs_a_constant_number_of_round_trips(name: str) -> None:
+    """Enqueue, claim and acknowledge in bulk: the synchronous AMQP methods per batch are counted."""
+
+    async def main() -> None:
+        queue = _queue(name)
+        try:
+            await queue.aput("warm-up")
+            (job,) = await _claim(queue, 1)
+            await queue.ack([job])
+            link = queue._link
+            assert link is not None
+            rpcs: list[str] = []
+            for channel in (link.consume_channel, link._publish):
+                original = channel.rpc  # type: ignore[union-attr]
+
+                async def counted(frame: Any, *args: Any, _original: Any = original, **kw: Any) -> Any:
+                    rpcs.append(type(frame).__name__)
+                    return await _original(frame, *args, **kw)
+
+                channel.rpc = counted  # type: ignore[union-attr]
+            for size in (10, 200):
+                rpcs.clear()
+                await queue.aput_many(range(size))
+                jobs = await _claim(queue, size)
+                assert len(jobs) == size
+                assert await queue.ack(jobs) == size
+                # publishes wait for confirms, not replies; one Qos confirms the acks; a claim
+                # whose window is too small restarts its consumer (Cancel, Qos, Consume)
+                assert len(rpcs) <= 4, rpcs
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
+def test_a_batcher_survives_its_connection_closed_from_the_server(name: str) -> None:
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def process(jobs: list[Job[Any]]) -> list[Any]:
+        time.sleep(0.005)
+        with lock:
+            done.extend(job.data for job in jobs)
+        return [None] * len(jobs)
+
+    producer = _queue(name)
+    try:
+        producer.put_many(range(3000))
+    finally:
+        producer.close_blocking()
+    queue = _queue(name)
+    with MicroBatching(queue, process, batch_size=50, batch_interval=0.01):
+        deadline = time.monotonic() + 60
+        for _ in range(2):
+            while len(done) < 600 * (_ + 1) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            _close_from_server(queue)
+        while len(set(done)) < 3000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert set(done) == set(range(3000))  # nothing lost
+    assert len(done) - 3000 <= 2 * 50 * 2  # repeats bounded by what it held at each close
+
+    async def left() -> Any:
+        check = _queue(name)
+        try:
+            return await check.stats()
+        finally:
+            await check.close()
+
+    stats = asyncio.run(left())
+    assert (stats.pending, stats.delayed, stats.dead) == (0, 0, 0)
+
+
+def test_the_url_carries_the_options_and_hides_the_password() -> None:
+    queue = open_queue("amqp://user:s3cret@broker.example:5673/jobs?name=emails&queue_type=classic&heartbeat=5")
+    assert isinstance(queue, RabbitMQQueue)
+    assert queue.names.name == "emails" and queue.names.queue_type == "classic"
+    assert "s3cret" not in repr(queue)
+    assert "heartbeat=5" in queue._client_url and "name=" not in queue._client_url
+    with pytest.raises(ValueError, match="unknown option 'nmae'"):
+        open_queue("amqp://127.0.0.1/?nmae=x")
+    with pytest.raises(ValueError, match="queue_type"):
+        open_queue("amqps://127.0.0.1/?queue_type=stream")
+
+
+def test_a_queue_declared_otherwise_is_refused_clearly(name: str) -> None:
+    async def main() -> None:
+        classic = _queue(name, queue_type="classic")
+        quorum = _queue(name)
+        try:
+            await classic.aput(1)
+            with pytest.raises(InvalidQueueError, match="other settings"):
+                await quorum.aput(1)
+        finally:
+            await classic.close()
+            await quorum.close()
+
+    asyncio.run(main())
+
+
+def test_create_false_on_a_missing_queue_says_so(name: str) -> None:
+    async def main() -> None:
+        queue = _queue(name, create=False)
+        try:
+            with pytest.raises(InvalidQueueError, match="no queue"):
+                await queue.stats()
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
+# -- a private broker, SIGKILLed --------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivateBroker:
+    """A RabbitMQ node of its own (own port, data dir, node name), started and killed by the test."""
+
+    def __init__(self, base: Path) -> None:
+        self.base, self.port = base, _free_port()
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        self.dist_port = _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        base, port = self.base, self.port
+        for sub in ("mnesia", "log"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "enabled_plugins").write_text("[].\n")
+        env = {**os.environ, "RABBITMQ_NODENAME": f"mbtest{port}@localhost", "RABBITMQ_NODE_PORT": str(port),
+               "RABBITMQ_DIST_PORT": str(self.dist_port), "RABBITMQ_BASE": str(base),
+               "RABBITMQ_MNESIA_BASE": str(base / "mnesia"), "RABBITMQ_LOG_BASE": str(base / "log"),
+               "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+               "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
+               "RABBITMQ_PID_FILE": str(base / "pid")}  # fmt: skip
+        command = ["rabbitmq-server"]
+        if os.geteuid() == 0:  # the server refuses to run as root: as its own user, owning the dir
+            subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(base)], check=True)
+            command = ["runuser", "-u", "rabbitmq", "--", "rabbitmq-server"]
+        quiet = subprocess.DEVNULL
+        self.process = subprocess.Popen(command, env=env, stdout=quiet, stderr=quiet)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the private RabbitMQ on port {port} did not start")
+
+    def kill(self) -> None:
+        pid = int((self.base / "pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        if self.process is not None:
+            self.process.wait(30)
+
+
+@pytest.fixture
+def private_broker() -> Iterator[PrivateBroker]:
+    if shutil.which("rabbitmq-server") is None:
+        if os.environ.get("MICROBATCHING_REQUIRE_SERVICES") == "1":
+            pytest.fail("rabbitmq-server is not installed, and MICROBATCHING_REQUIRE_SERVICES=1 requires it")
+        pytest.skip("rabbitmq-server is not installed")
+    base = Path("/tmp") / f"mb-rabbitmq-{uuid.uuid4().hex[:8]}"  # readable by the server's user
+    base.mkdir(mode=0o755)
+    broker = PrivateBroker(base)
+    broker.start()
+    yield broker
+    try:
+        broker.kill()
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        pass
+    shutil.rmtree(base, ignore_errors=True)
+
+
+async def _put_then_kill(broker: PrivateBroker, **options: Any) -> int:
+    queue = RabbitMQQueue(broker.url, name="fresh", **options)
+    await queue.aput_many(range(300))  # returned: the broker confirmed every job
+    broker.kill()
+    await queue.close()
+    broker.start()
+    check = RabbitMQQueue(broker.url, name="fresh", create=False)
+    try:
+        # Counted 0 until the queue has elected its leader again after the restart.
+        deadline = time.monotonic() + 20
+        while (pending := (await check.stats()).pending) != 300 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+        return pending or 0
+    finally:
+        await check.close()
+
+
+@pytest.mark.timeout(240)
+def test_jobs_put_into_a_queue_just_created_survive_the_broker_killed_at_once(
+    private_broker: PrivateBroker,
+) -> None:
+    """RabbitMQ registers a new quorum queue's log lazily: a broker killed within about two
+    seconds of the declare recovers the queue empty, confirmed messages and all.  The handle
+    that creates the queue waits that out (``create_wait``) before its first put returns."""
+    assert asyncio.run(_put_then_kill(private_broker)) == 300
