@@ -106,6 +106,10 @@ class RabbitMQQueue(ClaimQueue):
         idempotent_enqueue=False,
         exact_counts=False,
         blocking_claim=True,
+        # release() itself republishes a job with its attempt undone, but a delivery the
+        # broker takes back as a channel closes (one in transit at a cancelled shutdown,
+        # say) is counted again by x-delivery-count: not every give-back keeps the attempt.
+        release_keeps_attempts=False,
     )
     client_errors = client_errors()
 
