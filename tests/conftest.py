@@ -11,9 +11,17 @@ import pytest
 from microbatching.testing import VirtualClockLoop
 from microbatching.testing import run_on_virtual_clock as vrun
 
-__all__ = ["VirtualClockLoop", "double", "service_available", "vrun"]
+__all__ = ["VirtualClockLoop", "double", "free_port", "service_available", "vrun"]
 
 T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now (for a test's private server)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def service_available(host: str, port: int, name: str) -> None:

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 from backends import BACKENDS, cut_tcp_from_server
-from conftest import service_available
+from conftest import free_port, service_available
 
 from microbatching import AsyncMicroBatching, Job
 from microbatching.errors import InvalidQueueError, MicroBatchingError
@@ -65,18 +64,11 @@ def _drop(url: str) -> None:
     asyncio.run(main())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class PrivateServer:
     """A nats-server with JetStream of this test's own: free ports, its own store directory."""
 
     def __init__(self, store: Path, *auth: str) -> None:
-        self.port, self.monitor = _free_port(), _free_port()
+        self.port, self.monitor = free_port(), free_port()
         self.store = store
         self.auth = auth
         self.process: subprocess.Popen[bytes] | None = None

@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from typing import Any, TypeVar
 
 import pytest
 from backends import BACKENDS, POSTGRES
+from conftest import free_port
 
 from microbatching import AsyncMicroBatching, Job
 from microbatching.errors import InvalidQueueError, QueueError
@@ -121,13 +121,6 @@ async def dropped(queue: Any) -> None:
         await queue.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 # -- URLs and options (no server needed) ---------------------------------------------------------
 
 
@@ -177,7 +170,7 @@ def test_connections_are_named_after_the_queue_unless_the_url_names_them() -> No
 
 def test_a_password_never_reaches_repr_errors_or_logs(caplog: pytest.LogCaptureFixture) -> None:
     secret = "s3cr3t-Pa55"
-    port = _free_port()  # nobody listens there
+    port = free_port()  # nobody listens there
     queue = PostgresQueue(
         f"postgresql://app:{secret}@127.0.0.1:{port}/db?name=q&reconnect_timeout=0.3&sslpassword={secret}"
     )
@@ -717,7 +710,7 @@ class PrivateServer:
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="mb-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self._as_user: list[str] = []
         if os.geteuid() == 0:  # initdb refuses to run as root

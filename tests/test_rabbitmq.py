@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from backends import RABBITMQ
-from conftest import service_available
+from conftest import free_port, service_available
 
 from microbatching import Job, MicroBatching
 from microbatching.errors import InvalidQueueError, QueueError
@@ -292,7 +292,9 @@ def test_a_batcher_survives_its_connection_closed_from_the_server(name: str) -> 
 
 
 def test_the_url_carries_the_options_and_hides_the_password() -> None:
-    queue = open_queue("amqp://user:s3cret@broker.example:5673/jobs?name=emails&queue_type=classic&heartbeat=5")
+    queue = open_queue(
+        "amqp://user:s3cret@broker.example:5673/jobs?name=emails&queue_type=classic&heartbeat=5"
+    )
     assert isinstance(queue, RabbitMQQueue)
     assert queue.names.name == "emails" and queue.names.queue_type == "classic"
     assert "s3cret" not in repr(queue)
@@ -333,20 +335,13 @@ def test_create_false_on_a_missing_queue_says_so(name: str) -> None:
 # -- a private broker, SIGKILLed --------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class PrivateBroker:
     """A RabbitMQ node of its own (own port, data dir, node name), started and killed by the test."""
 
     def __init__(self, base: Path) -> None:
-        self.base, self.port = base, _free_port()
+        self.base, self.port = base, free_port()
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
-        self.dist_port = _free_port()
+        self.dist_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port
 
 # Every wait below is bounded well within this; it only stops a test the bounds missed.
 pytestmark = pytest.mark.timeout(60)
@@ -435,15 +436,8 @@ def _is_loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
     return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def _listening_on(workdir: Path, *options: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    port = _free_port()
+    port = free_port()
     with worker(
         workdir, "procs:echo", "--queue", "sqlite:///q.db", "--metrics-port", str(port), *options
     ) as p:
