@@ -20,12 +20,11 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import socket
 import time
 import uuid
 
 from harness import Comparison, Metrics, run_alternating
-from queue_bench import BATCH_SIZE, ours_end_to_end, worker_scaling
+from queue_bench import BATCH_SIZE, ours_end_to_end, reachable, worker_scaling
 
 __all__ = ["bench"]
 
@@ -34,7 +33,7 @@ SERVER = "nats://127.0.0.1:4222"
 
 def bench(quick: bool, repeats: int) -> list[Comparison]:
     """The end-to-end comparison and the worker scaling, or nothing when NATS is not reachable."""
-    if not _reachable():
+    if not reachable(SERVER, 4222):
         print(f"   nats: no NATS server at {SERVER}: skipped")
         return []
     n = 500 if quick else 20_000
@@ -60,14 +59,6 @@ def bench(quick: bool, repeats: int) -> list[Comparison]:
     result.notes.extend(notes)
     scaling_jobs = 2_000 if quick else 40_000
     return [result, worker_scaling("nats", _url, scaling_jobs)]
-
-
-def _reachable() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 4222), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _url(label: str) -> str:

@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import secrets
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ QUICK = Sizes(
 
 def bench(quick: bool, repeats: int) -> list[Comparison]:
     """Every PostgreSQL measure (tiny in quick mode, where no speed is judged)."""
-    if not _reachable(URL):
+    if not queue_bench.reachable(URL, 5432):
         skipped = Comparison(f"postgres: no server at {_where(URL)}: skipped", "-")
         skipped.notes.append("start PostgreSQL or set MICROBATCHING_POSTGRES_URL")
         return [skipped]
@@ -76,15 +75,6 @@ def bench(quick: bool, repeats: int) -> list[Comparison]:
 
 def _url_for(label: str) -> str:
     return f"{URL}?name=mb_bench_{label}_{uuid.uuid4().hex[:8]}"
-
-
-def _reachable(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _where(url: str) -> str:

@@ -24,7 +24,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import uuid
 from pathlib import Path
 
 from harness import Comparison, Metrics, run_alternating
-from queue_bench import BATCH_SIZE, ours_end_to_end, worker_scaling
+from queue_bench import BATCH_SIZE, ours_end_to_end, reachable, worker_scaling
 
 __all__ = ["bench"]
 
@@ -43,7 +42,7 @@ HERE = Path(__file__).parent
 
 def bench(quick: bool, repeats: int) -> list[Comparison]:
     """The end-to-end comparison and the worker scaling, or nothing when RabbitMQ is not reachable."""
-    if not _reachable():
+    if not reachable(SERVER, 5672):
         print(f"   rabbitmq: no RabbitMQ at {SERVER.rpartition('@')[2]}: skipped")
         return []
     n = 500 if quick else 20_000
@@ -70,14 +69,6 @@ def bench(quick: bool, repeats: int) -> list[Comparison]:
     result.notes.extend(notes)
     scaling_jobs = 2_000 if quick else 40_000
     return [result, worker_scaling("rabbitmq", _url, scaling_jobs)]
-
-
-def _reachable() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _url(label: str) -> str:
@@ -138,7 +129,7 @@ async def _raw(n: int) -> Metrics:
         await connection.close()
 
 
-_CELERY_APP = '''
+_CELERY_APP = """
 import os
 from celery import Celery
 from celery_batches import Batches
@@ -154,7 +145,7 @@ def double(requests):
     results = [request.args[0] * 2 for request in requests]
     with open(os.environ["BENCH_DONE"], "a") as out:
         out.write(f"{{len(results)}} {{sum(results)}}\\n")
-'''
+"""
 
 
 def _celery(n: int) -> Metrics:

@@ -24,10 +24,9 @@ import os
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlsplit
 
 from harness import Comparison, Metrics, run_alternating
-from queue_bench import BATCH_SIZE, ours_end_to_end, worker_scaling
+from queue_bench import BATCH_SIZE, ours_end_to_end, reachable, worker_scaling
 
 __all__ = ["bench"]
 
@@ -37,7 +36,7 @@ FULL_JOBS, QUICK_JOBS = 50_000, 500
 
 def bench(quick: bool, repeats: int) -> list[Comparison]:
     """The library against the raw loop and arq, then worker scaling."""
-    if not _reachable():
+    if not reachable(SERVER, 6379):
         print(f"redis: no server at {SERVER}: skipped")
         return []
     n = QUICK_JOBS if quick else FULL_JOBS
@@ -60,17 +59,6 @@ def bench(quick: bool, repeats: int) -> list[Comparison]:
     end_to_end.notes.extend(notes)
     scaling = worker_scaling("redis", _url, n if quick else 100_000)
     return [end_to_end, scaling]
-
-
-def _reachable() -> bool:
-    import socket
-
-    parts = urlsplit(SERVER)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _have_arq() -> bool:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from harness import Comparison, Metrics
 
@@ -25,6 +27,16 @@ __all__ = ["BATCH_SIZE", "INTERVAL", "drop", "enqueue", "ours_end_to_end", "work
 BATCH_SIZE = 100
 INTERVAL = 0.005
 HERE = Path(__file__).parent
+
+
+def reachable(url: str, default_port: int) -> bool:
+    """Whether the broker of ``url`` accepts a connection (its benchmark says so and skips if not)."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def ours_end_to_end(url: str, n: int) -> Metrics:
