@@ -202,6 +202,27 @@ def test_listing_dead_letters_loses_none_and_requeue_and_purge_pick_by_key(name:
     asyncio.run(main())
 
 
+def test_dead_letters_just_listed_are_counted_at_once(name: str) -> None:
+    # A listing holds the dead letters on a channel of its own; the broker puts them back
+    # only after that channel's close is confirmed, so a count taken straight after could
+    # miss them unless the listing waits for the broker to have them back.
+    async def main() -> None:
+        queue = _queue(name)
+        try:
+            await queue.aput_many([{"n": i} for i in range(3)])
+            jobs = await _claim(queue, 3)
+            assert await queue.dead_letter([(job, "ValueError: bad") for job in jobs]) == 3
+            counts = []
+            for _ in range(30):
+                assert len(await queue.dead_letters()) == 3
+                counts.append((await queue.stats()).dead)
+            assert counts == [3] * 30
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
 def test_put_returns_once_the_broker_has_the_jobs_and_refuses_what_it_cannot_route(name: str) -> None:
     async def main() -> None:
         queue, counter = _queue(name), _queue(name)

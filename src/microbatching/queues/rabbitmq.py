@@ -22,11 +22,13 @@ closes (the worker's connection dropped, or it held a delivery past the broker's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
 import uuid
 import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -68,6 +70,7 @@ _PUSH_GRACE = 0.5
 _TRICKLE = 0.005  # seconds a claim waits for the rest of a window once deliveries arrive
 _DEAD_READ_MAX = 65_535  # dead letters one listing, requeue or purge reads at most
 _DEAD_QUIET_FIRST, _DEAD_QUIET = 2.0, 0.1  # seconds without a dead letter arriving that end a read
+_DEAD_BACK = 2.0  # seconds a dead-letter read waits for the broker to count the rest ready again
 _CLOSING_CONSUMER, _CLOSING_LOOKS = 0.3, 6  # a dead consumer's connection: looks again, seconds apart
 _SUSPECT_AFTER = 2  # earlier deliveries ended by a dead consumer that make a job suspect
 _IDLE = 1.0  # seconds without a claim after which a handle gives back what it was pushed
@@ -522,49 +525,44 @@ class RabbitMQQueue(ClaimQueue):
             return None
         return sum(len(q._held) for q in mine) + sum(len(link.buffer) for link in links)
 
-    async def _read_dead(self, limit: int | None) -> tuple[Any, list[DeliveredMessage]]:
-        """A channel holding the first ``limit`` dead letters (all, for ``None``) unacknowledged.
+    @contextlib.asynccontextmanager
+    async def _reading_dead(self, limit: int | None) -> AsyncIterator[_DeadRead]:
+        """The first ``limit`` dead letters (all, for ``None``), held unacknowledged while inside.
 
-        Closing the channel puts back every one not acknowledged: listing loses nothing.
+        Leaving closes the reading channel, which puts back every one not acknowledged, and
+        returns once the broker counts them ready again (at most ``_DEAD_BACK`` seconds): a
+        listing neither loses dead letters nor leaves them briefly uncounted.
         """
-        ((count, _),) = await self._counts([self.names.dead])
+        ((before, _),) = await self._counts([self.names.dead])
         link = await self._connected()
         channel = await link.connection.channel(publisher_confirms=False)
-        raw = await channel.get_underlay_channel()
-        found: list[DeliveredMessage] = []
-        arrived = asyncio.Event()
-
-        async def take(message: DeliveredMessage) -> None:
-            found.append(message)
-            arrived.set()
-
-        wanted = _DEAD_READ_MAX if limit is None else limit
-        await raw.basic_qos(prefetch_count=min(wanted, _DEAD_READ_MAX))
-        ok = await raw.basic_consume(self.names.dead, take, no_ack=False)
-        # Until ``wanted`` came, or none came for a moment: the count may miss dead letters
-        # another reader is just putting back.
-        quiet = _DEAD_QUIET_FIRST if count else _DEAD_QUIET
-        while len(found) < wanted:
-            arrived.clear()
-            try:
-                await asyncio.wait_for(arrived.wait(), quiet)
-            except asyncio.TimeoutError:
-                break
-            quiet = _DEAD_QUIET
-        await raw.basic_cancel(ok.consumer_tag)
-        return channel, found[:wanted]
-
-    async def _dead_letters(self, limit: int) -> list[StoredDeadLetter]:
-        channel, found = await self._read_dead(limit)
+        read = _DeadRead(await channel.get_underlay_channel())
         try:
-            return [_stored_dead(message) for message in found]
+            await read.take(self.names.dead, _DEAD_READ_MAX if limit is None else limit, bool(before))
+            yield read
         finally:
             await channel.close()
+        await self._dead_back(before - read.acked)
+
+    async def _dead_back(self, expected: int) -> None:
+        """Wait until the dead-letter queue counts ``expected`` ready, or ``_DEAD_BACK`` passed.
+
+        The broker returns a closed channel's deliveries after the close is confirmed.
+        """
+        deadline = time.monotonic() + _DEAD_BACK
+        while time.monotonic() < deadline:
+            ((ready, _),) = await self._counts([self.names.dead])
+            if ready >= expected:
+                return
+            await asyncio.sleep(0.01)
+
+    async def _dead_letters(self, limit: int) -> list[StoredDeadLetter]:
+        async with self._reading_dead(limit) as read:
+            return [_stored_dead(message) for message in read.found]
 
     async def _requeue_dead(self, keys: list[str] | None) -> int:
-        channel, found = await self._read_dead(None)
-        try:
-            chosen = _chosen(found, keys)
+        async with self._reading_dead(None) as read:
+            chosen = _chosen(read.found, keys)
             now = time.time()
             link = await self._connected()
             copies = []
@@ -577,9 +575,7 @@ class RabbitMQQueue(ClaimQueue):
             # Stored again first, then removed from the dead letters: a failure in between
             # duplicates, never loses.
             await link.publish_all(copies)
-            return await _ack_on(channel, chosen)
-        finally:
-            await channel.close()
+            return await read.ack(chosen)
 
     async def _purge_dead(self, keys: list[str] | None) -> int:
         if keys is None:
@@ -591,11 +587,8 @@ class RabbitMQQueue(ClaimQueue):
                 return int(ok.message_count or 0)
             finally:
                 await channel.close()
-        channel, found = await self._read_dead(None)
-        try:
-            return await _ack_on(channel, _chosen(found, keys))
-        finally:
-            await channel.close()
+        async with self._reading_dead(None) as read:
+            return await read.ack(_chosen(read.found, keys))
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -709,9 +702,39 @@ def _chosen(found: list[DeliveredMessage], keys: list[str] | None) -> list[Deliv
     return [message for message in found if str(message.header.properties.message_id) in wanted]
 
 
-async def _ack_on(channel: Any, messages: list[DeliveredMessage]) -> int:
-    raw = await channel.get_underlay_channel()
-    for message in messages:
-        await raw.basic_ack(message.delivery_tag, wait=False)
-    await raw.basic_qos(prefetch_count=0)  # one round trip: the acknowledgements were read
-    return len(messages)
+class _DeadRead:
+    """Dead letters delivered on one channel and held there; the ones acknowledged are gone."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.found: list[DeliveredMessage] = []
+        self.acked = 0
+
+    async def take(self, queue: str, wanted: int, any_ready: bool) -> None:
+        """Receive up to ``wanted`` deliveries from ``queue``; stop once none came for a moment."""
+        arrived = asyncio.Event()
+
+        async def on_message(message: DeliveredMessage) -> None:
+            self.found.append(message)
+            arrived.set()
+
+        await self.raw.basic_qos(prefetch_count=min(wanted, _DEAD_READ_MAX))
+        ok = await self.raw.basic_consume(queue, on_message, no_ack=False)
+        while len(self.found) < wanted:
+            # The count may miss dead letters another reader is just putting back: wait
+            # longer for the first one when some were counted.
+            quiet = _DEAD_QUIET_FIRST if any_ready and not self.found else _DEAD_QUIET
+            arrived.clear()
+            try:
+                await asyncio.wait_for(arrived.wait(), quiet)
+            except asyncio.TimeoutError:
+                break
+        await self.raw.basic_cancel(ok.consumer_tag)
+        del self.found[wanted:]
+
+    async def ack(self, messages: list[DeliveredMessage]) -> int:
+        for message in messages:
+            await self.raw.basic_ack(message.delivery_tag, wait=False)
+        await self.raw.basic_qos(prefetch_count=0)  # one round trip: the acknowledgements were read
+        self.acked += len(messages)
+        return len(messages)
