@@ -280,7 +280,9 @@ def test_a_suspect_claimed_by_a_busy_worker_that_then_dies_still_gets_its_run_al
 
     asyncio.run(make_suspect())
     time.sleep(0.25)  # its last lease ran out
-    busy = _fault_worker(path, tmp_path, FAULT_SLEEP="0.5")
+    # Each batch takes 2 s: the kill below lands while the second batch runs, long before
+    # the worker could start the suspect's run alone, even when this process is starved.
+    busy = _fault_worker(path, tmp_path, FAULT_SLEEP="2")
     deadline = time.monotonic() + 20
     while (
         len(_effects(tmp_path)) < 20 and time.monotonic() < deadline
