@@ -162,6 +162,31 @@ def test_a_backlog_on_a_superlinear_processor_is_capped_at_its_knee() -> None:
     assert set(policy.cost_per_size) and all(v > 0 for v in policy.cost_per_size.values())
 
 
+def test_a_processor_turning_twice_as_slow_does_not_leave_the_cap_below_what_keeps_up() -> None:
+    # 40% of the knee's throughput, then the processor turns 2x slower: 80%.  Batches caught
+    # by the slowdown before the model's shared drift took it leave their sizes' estimates a
+    # few percent too slow; the cap must not settle below them for good (the backlog would
+    # grow: 14 jobs a batch do not keep up here, about 20 do).
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        async def process(items: list[Any]) -> list[Any]:
+            factor = 2.0 if loop.time() - start >= 3.0 else 1.0
+            await asyncio.sleep(factor * superlinear(len(items)))
+            return items
+
+        mb = AsyncMicroBatching(None, process, takes="items", batch_size=256, latency_target=0.1)
+        rate = 0.4 * 50 / superlinear(50)
+        latencies = await run_poisson(mb, lambda t: rate, 7.0, seed=5)
+        await mb.shutdown()
+        return latencies
+
+    latencies = vrun(main())
+    late = latencies[len(latencies) * 3 // 7 :]  # in completion order: those after the slowdown
+    assert p99(late) <= 0.1, f"p99 {p99(late) * 1e3:.0f} ms after the slowdown, target 100 ms"
+
+
 def test_under_the_latency_objective_a_lone_job_leaves_on_the_next_loop_turn() -> None:
     async def main() -> tuple[list[float], Any]:
         mb = AsyncMicroBatching(None, sleeping_processor(affine), takes="items", latency_target=0.1)

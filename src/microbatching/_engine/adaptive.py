@@ -153,6 +153,8 @@ def _interpolate(points: list[tuple[float, float]], size: float) -> float | None
 #: Before any batch, and above the largest size seen, grow the cap by these steps.
 _FIRST_CAP = 32
 _EXPLORE_STEP = 2.0
+#: How much fewer jobs per second than the best make the largest size measured past the knee.
+_PAST_KNEE = 0.05
 #: Every so many batches cut at the knee, one may be this much larger (a look past it).
 _PROBE_EVERY = 16
 _PROBE_STEP = 1.25
@@ -240,15 +242,23 @@ class Controller:
         return seconds is not None and seconds > self.target / 2
 
     def _knee_cap(self) -> tuple[int, str]:
-        """The knee, or one step past the largest size measured while jobs per second still rise there."""
+        """The knee, or a step past the largest size measured while jobs per second still rise
+        (or are flat) there."""
         points = [(s, t) for s, t in self.model.seen(least=_FIRST_OBSERVATIONS) if s <= self.hard_cap]
         if not points:
             return _FIRST_CAP, "explore"
         best = max(size / seconds for size, seconds in points)
         knee = max(size for size, seconds in points if size / seconds >= best * (1 - _KNEE_TIE))
         self.knee = round(knee)
-        if knee >= points[-1][0] * 0.999:  # still rising at the largest size measured: look further
+        largest, its_seconds = points[-1]
+        if knee >= largest * 0.999:  # still rising at the largest size measured: look further
             return max(_FIRST_CAP, math.ceil(knee * _EXPLORE_STEP)), "explore"
+        # Past the knee only once the largest size measured is clearly slower per job than the
+        # best: a few percent is what one batch caught by a slowdown before the shared drift
+        # took it leaves in that size's estimate, and a cap at the knee would never run it
+        # again to correct it.  Flat there: look a little further.
+        if largest / its_seconds >= best * (1 - _PAST_KNEE):
+            return min(self.hard_cap, math.ceil(largest * _PROBE_STEP)), "explore"
         return self.knee, "knee"
 
     def probe(self, cap: int) -> tuple[int, str]:
