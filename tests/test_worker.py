@@ -15,6 +15,7 @@ import pytest
 
 from microbatching.cli import main
 from microbatching.queues import redact
+from microbatching.queues._registry import scrub
 
 PROCESSORS = '''
 import os, time
@@ -121,6 +122,36 @@ def test_bad_queue_url_exits_2_without_leaking_the_password(capsys: pytest.Captu
     err = capsys.readouterr().err
     assert "unsupported queue URL" in err and "s3cret" not in err
     assert redact("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
+
+
+def test_drop_says_what_it_would_delete_and_deletes_only_with_yes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(tmp_path / "q.db")
+    assert cli("enqueue", "--queue", path, "1", "2", "3") == 0
+    capsys.readouterr()
+    assert cli("drop", "--queue", path) == 2
+    err = capsys.readouterr().err
+    assert "holds 3 pending" in err and "nothing was dropped: pass --yes to drop it" in err
+    assert cli("stats", "--queue", path) == 0  # still there
+    capsys.readouterr()
+    assert cli("drop", "--queue", path, "--yes") == 0
+    assert "deleted 3 pending, 0 delayed, 0 in flight, 0 dead" in capsys.readouterr().out
+    assert cli("stats", "--queue", path) == 2  # gone: nothing left to show
+    assert "holds no queue" in capsys.readouterr().err
+    assert cli("drop", "--queue", str(tmp_path / "missing.db"), "--yes") == 2  # creates nothing
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_scrubbed_message_keeps_words_that_merely_contain_a_secret() -> None:
+    # A user name alone is hidden like a token; it must not eat the scheme it begins.
+    url = "postgresql://postgres@127.0.0.1:5432/test"
+    message = f"no queue at {url}; user postgres may lack rights; token=postgres"
+    assert scrub(message, url) == (
+        "no queue at postgresql://***@127.0.0.1:5432/test; user *** may lack rights; token=***"
+    )
+    assert scrub("auth failed for hunter2!", "nats://hunter2@host:4222") == "auth failed for ***!"
 
 
 def wait_for(path: Path, timeout: float = 20) -> None:

@@ -165,7 +165,9 @@ def scrub(message: str, url: str) -> str:
     """``message`` with every secret of ``url`` replaced by ``***`` (for client errors); never raises."""
     try:
         for secret in _secrets_of(str(url)):
-            message = message.replace(secret, "***")
+            # Whole words only: a user name taken for a token ("postgres" in
+            # postgresql://postgres@host) must not eat the scheme ("***ql://").
+            message = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", message)
     except Exception:
         pass
     return redact(message)

@@ -1,7 +1,7 @@
-"""``enqueue``, ``stats`` and ``dead-letters``: the commands that look after a queue.
+"""``enqueue``, ``stats``, ``dead-letters`` and ``drop``: the commands that look after a queue.
 
-``stats`` and ``dead-letters`` open the queue with ``create=False``: pointed at a file or
-broker that holds no queue, they change nothing and say so.
+``stats``, ``dead-letters`` and ``drop`` open the queue with ``create=False``: pointed at a
+file or broker that holds no queue, they change nothing and say so.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..errors import InvalidQueueError, MicroBatchingError
 from ..queues import ClaimQueue, DeadLetter, QueueStats, WorkerInfo, redact
 from .common import EXIT_ERROR, EXIT_OK, Interrupted, UsageError, command_name, open_queue, plural
 
-__all__ = ["run_dead_letters", "run_enqueue", "run_stats"]
+__all__ = ["run_dead_letters", "run_drop", "run_enqueue", "run_stats"]
 
 T = TypeVar("T")
 
@@ -194,6 +194,34 @@ def _duration(seconds: float) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+# -- drop --------------------------------------------------------------------------------------
+
+
+def run_drop(args: argparse.Namespace) -> int:
+    """``microbatching drop --yes``: delete the queue and everything it stored (never creates one)."""
+    queue = open_queue(args.queue, args.serializer, create=False)
+
+    async def drop(queue: ClaimQueue) -> str:
+        held = _held(await queue.stats(), await queue.workers())
+        if not args.yes:
+            raise UsageError(f"{redact(args.queue)} holds {held}; nothing was dropped: pass --yes to drop it")
+        await queue.drop()
+        return held
+
+    held = _on_queue(queue, drop)
+    print(f"dropped {redact(args.queue)}: deleted {held}")
+    return EXIT_OK
+
+
+def _held(stats: QueueStats, workers: list[WorkerInfo] | None) -> str:
+    counts = [("pending", stats.pending), ("delayed", stats.delayed), ("in flight", stats.in_flight),
+              ("dead", stats.dead)]  # fmt: skip
+    held = ", ".join(f"{_count(value)} {name}" for name, value in counts)
+    if workers:
+        held += f" ({plural(len(workers), 'live worker')} still using it)"
+    return held
 
 
 # -- dead letters ------------------------------------------------------------------------------

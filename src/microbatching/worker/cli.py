@@ -1,4 +1,5 @@
-"""The argparse wiring of ``worker``, ``enqueue``, ``stats`` and ``dead-letters``, and their exit codes.
+"""The argparse wiring of the ``worker``, ``enqueue``, ``stats``, ``dead-letters`` and ``drop``
+commands, and their exit codes.
 
 Every option is declared here with the check it gets (one table, :data:`CHECKS`, using the
 batcher's own validators), and :func:`run` turns what a command raises into one line on
@@ -97,7 +98,7 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def add_commands(commands: Any) -> None:
-    """Register ``worker``, ``enqueue``, ``stats`` and ``dead-letters`` on the subparsers."""
+    """Register ``worker``, ``enqueue``, ``stats``, ``dead-letters`` and ``drop`` on the subparsers."""
     from . import admin
     from .run import run_worker
 
@@ -136,6 +137,15 @@ def add_commands(commands: Any) -> None:
     )
     stats.set_defaults(handler=admin.run_stats)
     _dead_letter_commands(commands, admin.run_dead_letters)
+
+    drop = commands.add_parser(
+        "drop", help="delete a durable queue and everything it stored",
+        description="Delete a durable queue: its jobs, dead letters, tables, keys, streams or broker "
+        "queues. Without --yes it only says what the queue holds.",
+    )  # fmt: skip
+    _queue_options(drop)
+    drop.add_argument("--yes", action="store_true", help="really delete it")
+    drop.set_defaults(handler=admin.run_drop)
 
 
 def _worker_options(worker: argparse.ArgumentParser) -> None:
