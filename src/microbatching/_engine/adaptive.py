@@ -376,7 +376,8 @@ class AdaptiveBuffer(Buffer):
     it, it keeps filling up to ``batch_size``.
 
     Once jobs carry deadlines (``deadlines``), a batch leaving takes the jobs with the
-    earliest deadlines of everything waiting (jobs without one come after them, in order);
+    earliest deadlines of everything waiting (a job without one counts as due
+    ``latency_target`` after it became ready, so none waits for ever behind them);
     a job that would finish late even so, by the model's estimate of the batch's run, fails
     with ``DeadlineExceededError`` instead of running; and an open batch waiting for company
     leaves early (trigger ``"deadline"``) when waiting longer would make its earliest job late.
@@ -455,25 +456,34 @@ class AdaptiveBuffer(Buffer):
             pool.extend(self._open.jobs)
             self._open = Batch()
             self._cancel_timer()
-        pool.sort(key=_deadline_or_never)
-        batch.jobs = pool[self._hopeless(pool) :]
+        pool.sort(key=self._due_by)
+        batch.jobs = self._hopeless(pool)
 
-    def _hopeless(self, pool: list[Job[Any]]) -> int:
-        """Fail the jobs at the front of ``pool`` that would finish late in this batch; their count."""
+    def _hopeless(self, pool: list[Job[Any]]) -> list[Job[Any]]:
+        """``pool`` (in order) without the jobs that would finish late in this batch: those fail."""
         now, predict, cap = self._now(), self._controller.model.predict, self._controller.cap
+        kept: list[Job[Any]] = []
         failed = 0
-        while failed < len(pool):
-            deadline = pool[failed].deadline
+        for index, job in enumerate(pool):
             seconds = predict(min(cap, len(pool) - failed)) or 0.0
-            if deadline is None or deadline >= now + seconds:
-                break
+            if self._due_by(job) >= now + seconds:  # in time, and so is every job after it
+                return kept + pool[index:]
+            if job.deadline is None:  # due by the target only: late, but it has no deadline to miss
+                kept.append(job)
+                continue
             late = (
-                f"it would finish {now + seconds - deadline:.3f}s after its deadline "
+                f"it would finish {now + seconds - job.deadline:.3f}s after its deadline "
                 f"(its batch's run predicted at {seconds:.3f}s)"
             )
-            self._fail_late(pool[failed], late)
+            self._fail_late(job, late)
             failed += 1
-        return failed
+        return kept
+
+    def _due_by(self, job: Job[Any]) -> float:
+        """When ``job`` should have its result: its deadline, or without one the latency target
+        after it became ready (so jobs without deadlines are not held back for ever)."""
+        deadline = job.deadline
+        return job._ready_at + self._controller.target if deadline is None else deadline
 
     def resize(self, batch_size: int | None, interval: float | None) -> None:
         """A new hard ``batch_size`` (the interval is the policy's own: ignored)."""
@@ -554,8 +564,3 @@ def _cut(batch: Batch, size: int, why: str) -> Batch:
 def _holds_jobs(batch: Batch) -> bool:
     """Whether ``batch`` holds Jobs (not items, nor a ``submit_many`` call's items)."""
     return batch.futures is None and batch.bulk is None
-
-
-def _deadline_or_never(job: Job[Any]) -> float:
-    deadline = job.deadline
-    return math.inf if deadline is None else deadline

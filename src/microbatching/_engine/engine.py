@@ -264,7 +264,7 @@ class Engine:
         controller = self.controller
         if controller is None:
             return
-        waiting = max(0, self.pending.count - self._in_flight)
+        waiting = max(0, self.pending.count + self.inbox.backlog - self._in_flight)
         latency = controller.predicted_latency(waiting)
         if latency is None or latency <= controller.target:
             return
