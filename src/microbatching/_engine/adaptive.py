@@ -243,12 +243,17 @@ class Controller:
         self._remember_drain_rate()
 
     def _remember_drain_rate(self) -> None:
-        """The curve, and the jobs per second a backlog drains at (batches of the knee, or the cap)."""
+        """The curve, and the jobs per second a backlog drains at: batches of the cap.
+
+        Beyond the largest size seen, seconds follow the last slope, or stay flat while one
+        size only is known: a job is shed on evidence of overload, not on a guess of it.
+        """
         curve = self.model.points()
-        size = min(self.cap, self.knee or self.cap)
-        seconds = _interpolate(curve, size)
+        if len(curve) == 1:
+            curve = [curve[0], (curve[0][0] + 1.0, curve[0][1])]
+        seconds = _interpolate(curve, self.cap)
         self._curve = curve
-        self._drain_rate = size / seconds if seconds else 0.0
+        self._drain_rate = self.cap / seconds if seconds else 0.0
 
     def predicted_latency(self, waiting: int) -> float | None:
         """Seconds a job submitted now would take to its result, with ``waiting`` jobs ahead of it.
@@ -257,7 +262,7 @@ class Controller:
         first batch (nothing is known of the processor yet).  Any thread may call it.
         """
         curve, rate = self._curve, self._drain_rate
-        if not rate:
+        if not rate or self._batches < _GUARD_EVERY:  # too few batches seen to judge
             return None
         own = _interpolate(curve, min(self.cap, waiting + 1)) or 0.0
         return waiting / rate + own
