@@ -110,24 +110,20 @@ class MicroBatching(BatcherBase):
             raise self._not_a_job(job) from None
         if handle is not None:
             job = self._resubmitted(job, handle)
-        if deadline is not None:
-            self._expect_deadline(deadline)
-        if self._guarded:
-            self._admit(job, block, timeout)
+        if self._guarded or deadline is not None:
+            self._admit_checked(job, block, timeout, deadline)
         handle = new_handle()
         handle.job = job
         job._handle = handle
         job._submitted_at = job._ready_at = _monotonic()
-        if deadline is not None:
-            job._deadline = job._submitted_at + deadline
         stored = self._adapter.watch_stored(job) if wait_stored else None
         self._engine.inbox.submit(job)
         if stored is not None:
             stored.result()
         return handle
 
-    def submit(
-        self, item: Any, block: bool = True, timeout: float | None = None, *, deadline: float | None = None
+    def submit(  # deadline is not keyword-only: see AsyncMicroBatching.submit_job_nowait
+        self, item: Any, block: bool = True, timeout: float | None = None, deadline: float | None = None
     ) -> JobResult:
         """Accept one item (no ``Job`` needed) and return its handle; thread-safe, the fastest submit.
 
@@ -166,6 +162,18 @@ class MicroBatching(BatcherBase):
         collector = Many(len(handles), many_future_done(results))
         for slot, handle in enumerate(handles):
             handle.add_done_callback(lambda done, slot=slot: collector.set(slot, _outcome(done)))
+
+    def _admit_checked(
+        self, job: Job[Any], block: bool, timeout: float | None, deadline: float | None
+    ) -> None:
+        """The deadline (counted from the call, waiting for room included), then ``_admit``."""
+        if deadline is not None:
+            self._expect_deadline(deadline)
+            due = _monotonic() + deadline
+        if self._guarded:
+            self._admit(job, block, timeout)
+        if deadline is not None:  # only once admitted: a refused job keeps none
+            job._deadline = due
 
     def _admit(self, job: Job[Any], block: bool, timeout: float | None) -> None:
         """The checks a plain running batcher can skip: lifecycle, encoding, then room."""
