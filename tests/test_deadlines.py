@@ -333,3 +333,18 @@ def test_the_sync_batcher_sheds_too() -> None:
             handle.result(30)
         stats = mb.stats()
     assert shed > 0 and stats.policy is not None and stats.policy.shed == shed
+
+
+def test_a_submit_refused_at_max_pending_leaves_the_job_without_a_deadline() -> None:
+    from microbatching import QueueFullError
+
+    async def main() -> Job[Any]:
+        async with AsyncMicroBatching(None, Recorder(lambda n: 0.1), takes="items", max_pending=1) as mb:
+            first = mb.submit_nowait("first")
+            refused: Job[Any] = Job(data="refused")
+            with pytest.raises(QueueFullError):
+                mb.submit_job_nowait(refused, deadline=0.5)
+            await first
+            return refused
+
+    assert vrun(main()).deadline is None
