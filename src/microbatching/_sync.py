@@ -84,14 +84,14 @@ class MicroBatching(BatcherBase):
         finally:
             loop.close()
 
-    def submit_job(
+    def submit_job(  # deadline is not keyword-only: see AsyncMicroBatching.submit_job_nowait
         self,
         job: Job[Any],
         block: bool = True,
         timeout: float | None = None,
+        deadline: float | None = None,
         *,
         wait_stored: bool = False,
-        deadline: float | None = None,
     ) -> JobResult:
         """Accept ``job`` and return its :class:`JobResult`; thread-safe.
 
