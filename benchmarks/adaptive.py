@@ -17,6 +17,8 @@ cap and no other setting.  The fixed grid is ``batch_size`` x ``batch_interval``
 - S3: three cost curves x three loads: which configurations meet the target everywhere.
 - S4: ``objective="cost"`` at 15% load: processor calls per job.
 - S5: the device turns 2x slower mid-run: seconds of windows whose p99 missed the target.
+- S6: deadlines drawn from 50-500 ms at 1.3x the capacity: the share of jobs finished by
+  their deadline, against the best fixed configuration (told the deadlines or not).
 - S7: BentoML's CORK rule and Clipper's AIMD cap (``adaptive_peers.py``) in S1-S5.
 
 Loads are shares of the device's capacity at its knee (the batch size, up to the hard
@@ -28,9 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from adaptive_peers import aimd, cork
@@ -73,10 +76,20 @@ QUICK = Plan(
 )
 
 
-def adaptive(objective: str = "latency", hard_cap: int = HARD_CAP) -> Config:
+def adaptive(objective: str = "latency", hard_cap: int = HARD_CAP, shed: bool = False) -> Config:
     return Config.ours(
-        f"adaptive ({objective})", latency_target=TARGET, objective=objective, batch_size=hard_cap, retry=None
+        f"adaptive ({objective}{', shed' if shed else ''})",
+        latency_target=TARGET,
+        objective=objective,
+        batch_size=hard_cap,
+        retry=None,
+        shed=shed,
     )
+
+
+#: Our run with ``shed=True`` in each S7 cell, set beside CORK (which sheds too).
+SHEDDING = "ours (shed=True)"
+CORK = "CORK (BentoML)"
 
 
 def grid(plan: Plan) -> list[Config]:
@@ -109,7 +122,19 @@ def meets(outcome: Outcome) -> bool:
 
 
 def peers_in(run: Run) -> dict[str, Outcome]:
-    return {config.name: simulate(config, run) for config in (cork(TARGET, HARD_CAP), aimd(TARGET, HARD_CAP))}
+    """The peers' runs of a cell, and ours with shedding on (to set beside CORK's)."""
+    configs = (cork(TARGET, HARD_CAP), aimd(TARGET, HARD_CAP))
+    peers = {config.name: simulate(config, run) for config in configs}
+    return {**peers, SHEDDING: simulate(adaptive(shed=True), run)}
+
+
+def ties(ours: Outcome, theirs: Outcome) -> bool:
+    """Ours at least ties on p99, throughput and shed."""
+    return (
+        ours.p99 <= theirs.p99 * 1.05 + 0.001
+        and ours.throughput >= theirs.throughput * 0.99
+        and ours.shed <= theirs.shed
+    )
 
 
 def s1(plan: Plan) -> Scenario:
@@ -282,28 +307,74 @@ def s5(plan: Plan) -> Scenario:
     return scenario
 
 
+def deadlines_for(times: Sequence[float], seed: int) -> list[float]:
+    """A deadline per job, drawn uniformly from 50 to 500 ms."""
+    rng = random.Random(seed)
+    return [rng.uniform(0.05, 0.5) for _ in times]
+
+
+def s6(plan: Plan) -> Scenario:
+    """Deadlines U(50, 500) ms at 1.3x the device's capacity: the share of jobs finished on time.
+
+    The fixed grid runs twice: as it is (the deadlines only measured) and told the deadlines
+    (a late job then fails instead of running); the best of either is the bar.
+    """
+    scenario = Scenario("S6 deadlines U(50, 500) ms at 1.3x load")
+    worst = {False: float("inf"), True: float("inf")}
+    for curve in (AFFINE, SUPERLINEAR):
+        times = arrivals([(plan.seconds, 1.3 * curve.capacity(HARD_CAP))], 6)
+        told = Run(times, curve, deadlines=deadlines_for(times, 6))
+        ours = simulate(adaptive(), told)
+        scenario.add(f"S6 {curve.name}: adaptive with deadlines", ours)
+        # A job is on time only if it ends by its deadline, so the device's work for the jobs
+        # ends by the last arrival plus the longest deadline: no batcher can do more than that.
+        bound = curve.capacity(HARD_CAP) * (times[-1] + 0.5) / len(times)
+        scenario.notes.append(f"S6 {curve.name}: no batcher can have more than {min(1.0, bound):.1%} on time")
+        for tell in (False, True):
+            variant = replace(told, tell_deadlines=tell)
+            runs = [(config.name, simulate(config, variant)) for config in grid(plan)]
+            name, best = max(runs, key=lambda pair: pair[1].on_time_share)
+            how = "told the deadlines" if tell else "deadlines only measured"
+            scenario.add(f"S6 {curve.name}: best fixed, {how} ({name})", best)
+            margin = 100 * (ours.on_time_share - best.on_time_share)
+            worst[tell] = min(worst[tell], margin)
+            scenario.notes.append(
+                f"S6 {curve.name}: on time {ours.on_time_share:.1%} adaptive vs {best.on_time_share:.1%} "
+                f"for the best fixed configuration, {how} ({name}): {margin:+.1f} points"
+            )
+    scenario.ok = min(worst.values()) >= 10
+    scenario.verdict = (
+        f"S6: on-time share {worst[False]:+.1f} points over the best fixed configuration with the "
+        f"deadlines only measured, {worst[True]:+.1f} over the best told them (worst curve; goal >= +10)"
+    )
+    return scenario
+
+
 def s7(scenarios: Sequence[Scenario]) -> Scenario:
-    """Ours against each peer, cell by cell of S1-S5: ties or wins on p99, throughput and shed."""
+    """Ours against each peer, cell by cell of S1-S5: ties or wins on p99, throughput and shed.
+
+    Against CORK, which sheds, our run with ``shed=True`` is compared too (like with like).
+    """
     scenario = Scenario("S7 against BentoML's CORK and Clipper's AIMD")
     tally: dict[str, list[int]] = {}
     for source in scenarios:
         for index, cell in enumerate(source.cells, 1):
-            ours = cell["ours"]
-            for peer, theirs in cell.items():
-                if peer == "ours":
-                    continue
-                ties = (
-                    ours.p99 <= theirs.p99 * 1.05 + 0.001
-                    and ours.throughput >= theirs.throughput * 0.99
-                    and ours.shed <= theirs.shed
-                )
-                counts = tally.setdefault(peer, [0, 0])
-                counts[0] += ties
+            pairs = [("ours", peer) for peer in cell if peer not in ("ours", SHEDDING)]
+            if SHEDDING in cell:
+                pairs.append((SHEDDING, CORK))
+                scenario.add(f"S7 {source.name[:2]} cell {index}: {SHEDDING}", cell[SHEDDING])
+            for mine, peer in pairs:
+                ours, theirs = cell[mine], cell[peer]
+                won = ties(ours, theirs)
+                key = peer if mine == "ours" else f"{peer} ({SHEDDING})"
+                counts = tally.setdefault(key, [0, 0])
+                counts[0] += won
                 counts[1] += 1
-                scenario.add(f"S7 {source.name[:2]} cell {index}: {peer}", theirs)
+                if mine == "ours":
+                    scenario.add(f"S7 {source.name[:2]} cell {index}: {peer}", theirs)
                 scenario.notes.append(
-                    f"S7 {source.name[:2]} cell {index} vs {peer}: "
-                    f"{'ties or beats' if ties else 'loses'} (p99 "
+                    f"S7 {source.name[:2]} cell {index}, {mine} vs {peer}: "
+                    f"{'ties or beats' if won else 'loses'} (p99 "
                     f"{ours.p99 * 1e3:.1f} vs {theirs.p99 * 1e3:.1f} ms, {ours.throughput:,.0f} vs "
                     f"{theirs.throughput:,.0f} jobs/s, shed {ours.shed} vs {theirs.shed})"
                 )
@@ -314,7 +385,7 @@ def s7(scenarios: Sequence[Scenario]) -> Scenario:
     return scenario
 
 
-SCENARIOS: tuple[Callable[[Plan], Scenario], ...] = (s1, s2, s3, s4, s5)
+SCENARIOS: tuple[Callable[[Plan], Scenario], ...] = (s1, s2, s3, s4, s5, s6)
 
 
 def run_all(plan: Plan, progress: Callable[[str], None] = lambda _: None) -> list[Scenario]:

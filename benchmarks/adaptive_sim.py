@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from microbatching import AsyncMicroBatching
+from microbatching import AsyncMicroBatching, OverloadedError
 from microbatching._stats import PolicyStats
 from microbatching.testing import run_on_virtual_clock
 
@@ -129,6 +129,8 @@ class Outcome:
     #: Ages at the end of the run of the jobs that never finished.
     unfinished: list[float] = field(default_factory=list)
     shed: int = 0
+    #: Jobs that finished by their deadline (runs with deadlines only).
+    on_time: int = 0
     calls: int = 0
     #: (time, jobs not yet final, the policy's cap or None) every ``sample`` seconds.
     timeline: list[tuple[float, int, int | None]] = field(default_factory=list)
@@ -151,6 +153,11 @@ class Outcome:
     def mean(self) -> float:
         values = self.latencies()
         return sum(values) / len(values) if values else 0.0
+
+    @property
+    def on_time_share(self) -> float:
+        """Jobs that finished by their deadline, of all submitted."""
+        return self.on_time / max(1, self.jobs)
 
     @property
     def calls_per_job(self) -> float:
@@ -177,6 +184,7 @@ class Outcome:
             "calls_per_job": self.calls_per_job,
             "shed": float(self.shed),
             "unfinished": float(len(self.unfinished)),
+            "on_time_pct": 100 * self.on_time_share,
         }
 
 
@@ -197,6 +205,10 @@ class Run:
     slower_at: float | None = None
     slower: float = 1.0
     sample: float = 0.05
+    #: Each job's deadline (seconds from its submit), or none.
+    deadlines: Sequence[float] | None = None
+    #: Whether the batcher is told the deadlines (else they are only measured).
+    tell_deadlines: bool = True
 
 
 def simulate(config: Config, run: Run) -> Outcome:
@@ -213,7 +225,7 @@ async def _simulate(config: Config, run: Run) -> Outcome:
     outcome = Outcome(span=max(span, 1e-9))
     sampler = asyncio.ensure_future(_sample(batcher, outcome, start, run.sample))
 
-    def finished(submitted: float, future: asyncio.Future[Any]) -> None:
+    def finished(submitted: float, deadline: float, future: asyncio.Future[Any]) -> None:
         failed = future.cancelled() or future.exception() is not None
         if ended:  # abandoned by the shutdown that ends the run: counted as unfinished
             return
@@ -222,15 +234,19 @@ async def _simulate(config: Config, run: Run) -> Outcome:
             return
         now = loop.time()
         outcome.done.append((now - start, now - submitted))
+        outcome.on_time += now - submitted <= deadline
 
     ended = False
     futures = []
-    for at in run.times:
+    for index, at in enumerate(run.times):
         delay = start + at - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        future = batcher.submit_nowait(None)
-        future.add_done_callback(functools.partial(finished, loop.time()))
+        deadline = math.inf if run.deadlines is None else run.deadlines[index]
+        future = _submit(batcher, deadline if run.tell_deadlines else math.inf, outcome)
+        if future is None:
+            continue
+        future.add_done_callback(functools.partial(finished, loop.time(), deadline))
         futures.append((loop.time(), future))
     if futures:
         await asyncio.wait([f for _, f in futures], timeout=run.drain)
@@ -243,6 +259,18 @@ async def _simulate(config: Config, run: Run) -> Outcome:
     await batcher.shutdown(cancel=True)
     outcome.calls = device.calls
     return outcome
+
+
+def _submit(batcher: Batcher, deadline: float, outcome: Outcome) -> asyncio.Future[Any] | None:
+    """Submit one job (with its deadline, if finite); ``None`` if the batcher shed it at once."""
+    try:
+        if math.isinf(deadline):
+            return batcher.submit_nowait(None)
+        assert isinstance(batcher, AsyncMicroBatching)
+        return batcher.submit_nowait(None, deadline=deadline)
+    except OverloadedError:
+        outcome.shed += 1
+        return None
 
 
 async def _sample(batcher: Batcher, outcome: Outcome, start: float, every: float) -> None:

@@ -1,6 +1,7 @@
 """Property tests of the adaptive policy: for random arrivals, processor costs and caps, on the
 virtual clock, it never exceeds a hard cap, never holds a job while a slot is free longer than
-its objective allows (no starvation), and settles every handle."""
+its objective allows (no starvation), and settles every handle; with deadlines (under either
+policy), no job starts at or after its deadline."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from conftest import vrun
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from microbatching import AsyncMicroBatching
+from microbatching import AsyncMicroBatching, DeadlineExceededError, RetryPolicy
 
 #: Loop turns happen at one virtual instant; this is only float slack.
 EPSILON = 1e-9
@@ -134,3 +135,100 @@ def _least_busy(calls: list[tuple[float, float, list[int]]], low: float, high: f
     ordered = sorted(instants)
     probes = ordered + [(a + b) / 2 for a, b in itertools.pairwise(ordered)]
     return min(sum(start <= t < end for start, end, _ in calls) for t in probes)
+
+
+deadline_scenarios = st.fixed_dictionaries(
+    {
+        "seed": st.integers(min_value=0, max_value=10_000),
+        "jobs": st.integers(min_value=1, max_value=300),
+        "rate": st.sampled_from([50.0, 1_000.0, 10_000.0]),
+        "per_call": st.sampled_from([0.001, 0.005, 0.02]),
+        "per_job": st.sampled_from([0.0, 0.0001, 0.001]),
+        "noise": st.sampled_from([0.0, 0.5]),
+        "with_deadline": st.sampled_from([0.0, 0.5, 1.0]),  # the share of jobs that carry one
+        "deadline": st.sampled_from([0.002, 0.02, 0.2]),  # the longest, drawn uniformly up to it
+        "fails_every": st.sampled_from([0, 3]),  # every n-th item fails once (and is retried)
+        "batch_size": st.integers(min_value=1, max_value=100),
+        "max_concurrent_batches": st.integers(min_value=1, max_value=3),
+        "latency_target": st.sampled_from([0.01, 0.1]),
+        "objective": st.sampled_from(["latency", "cost"]),
+        "policy": st.sampled_from(["adaptive", "adaptive", "fixed"]),
+    }
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(s=deadline_scenarios)
+def test_with_deadlines_every_handle_settles_no_job_starts_late_and_the_caps_hold(s: dict[str, Any]) -> None:
+    rng = random.Random(s["seed"])
+    deadline_of: dict[int, float] = {}
+    starts: dict[int, list[float]] = {}
+    sizes: list[int] = []
+    running = 0
+    most_running = 0
+    retry = RetryPolicy(max_attempts=2, base_delay=0.001, jitter=0.0)
+
+    async def processor(items: list[int]) -> list[Any]:
+        nonlocal running, most_running
+        loop = asyncio.get_running_loop()
+        running += 1
+        most_running = max(most_running, running)
+        sizes.append(len(items))
+        for item in items:
+            starts.setdefault(item, []).append(loop.time())
+        try:
+            seconds = s["per_call"] + s["per_job"] * len(items)
+            await asyncio.sleep(seconds * (1 + s["noise"] * rng.random()))
+        finally:
+            running -= 1
+        every = s["fails_every"]
+        return [ValueError("once") if every and item % every == 0 and len(starts[item]) == 1 else item
+                for item in items]  # fmt: skip
+
+    if s["policy"] == "adaptive":
+        policy: dict[str, Any] = {"latency_target": s["latency_target"], "objective": s["objective"]}
+    else:
+        policy = {"batch_interval": s["latency_target"] / 4}
+
+    async def main() -> tuple[list[asyncio.Future[Any]], Any]:
+        loop = asyncio.get_running_loop()
+        mb = AsyncMicroBatching(
+            None,
+            processor,
+            takes="items",
+            retry=retry,
+            batch_size=s["batch_size"],
+            max_concurrent_batches=s["max_concurrent_batches"],
+            **policy,
+        )
+        futures = []
+        for item in range(s["jobs"]):
+            await asyncio.sleep(rng.expovariate(s["rate"]))
+            if rng.random() < s["with_deadline"]:
+                seconds = rng.uniform(s["deadline"] / 10, s["deadline"])
+                deadline_of[item] = loop.time() + seconds
+                futures.append(mb.submit_nowait(item, deadline=seconds))
+            else:
+                futures.append(mb.submit_nowait(item))
+        await asyncio.wait(futures, timeout=3600)
+        stats = mb.stats()
+        await mb.shutdown()
+        return futures, stats
+
+    futures, stats = vrun(main())
+
+    assert all(future.done() for future in futures)  # every handle settled
+    late = 0
+    for item, future in enumerate(futures):
+        error = future.exception()
+        if isinstance(error, DeadlineExceededError):
+            late += 1
+            assert item in deadline_of
+        elif error is None:
+            assert future.result() == item
+        for start in starts.get(item, []):  # no attempt starts at or after the job's deadline
+            assert start < deadline_of.get(item, math.inf), (item, start, deadline_of[item])
+    assert stats.deadline_exceeded == late
+    assert stats.pending == 0 and stats.completed + stats.failed == s["jobs"]
+    assert most_running <= s["max_concurrent_batches"]
+    assert all(size <= s["batch_size"] for size in sizes)

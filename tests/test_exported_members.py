@@ -8,8 +8,9 @@ DOCUMENTED = {
     "DEFAULT_BATCH_INTERVAL", "DEFAULT_BATCH_SIZE", "DEFAULT_RETRY", "RetryPolicy",
     "BatchProcessorInterface", "MemoryQueue", "QueueInterface",
     "EVENTS", "EventEmitter", "State", "Stats",
-    "BatchResultError", "BatchTimeoutError", "JobCancelledError", "JobFailedError",
-    "MicroBatchingError", "PayloadTooLargeError", "QueueFullError", "SerializationError", "ShutdownError",
+    "BatchResultError", "BatchTimeoutError", "DeadlineExceededError", "JobCancelledError",
+    "JobFailedError", "MicroBatchingError", "OverloadedError", "PayloadTooLargeError", "QueueFullError",
+    "SerializationError", "ShutdownError",
     "Summary",
 }  # fmt: skip
 

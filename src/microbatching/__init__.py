@@ -17,9 +17,11 @@ from ._sync import MicroBatching
 from .errors import (
     BatchResultError,
     BatchTimeoutError,
+    DeadlineExceededError,
     JobCancelledError,
     JobFailedError,
     MicroBatchingError,
+    OverloadedError,
     PayloadTooLargeError,
     QueueFullError,
     SerializationError,
@@ -58,9 +60,11 @@ __all__ = [
     # errors
     "BatchResultError",
     "BatchTimeoutError",
+    "DeadlineExceededError",
     "JobCancelledError",
     "JobFailedError",
     "MicroBatchingError",
+    "OverloadedError",
     "PayloadTooLargeError",
     "QueueFullError",
     "SerializationError",

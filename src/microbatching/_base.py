@@ -20,8 +20,10 @@ from ._options import (
 )
 from ._retry import RetryPolicy
 from ._stats import Stats
+from ._validate import seconds
 from .adapters import make_adapter
 from .adapters.base import Adapter
+from .adapters.claim import ClaimAdapter
 from .errors import QueueFullError, ShutdownError
 
 __all__ = ["BatcherBase", "State"]
@@ -62,6 +64,7 @@ class BatcherBase(EventEmitter):
         policy: str | None = None,
         latency_target: float | None = None,
         objective: str = "latency",
+        shed: bool = False,
         **unknown: Any,
     ) -> None:
         super().__init__()
@@ -80,6 +83,7 @@ class BatcherBase(EventEmitter):
             policy=policy,
             latency_target=latency_target,
             objective=objective,
+            shed=shed,
         )
         self.queue = queue
         adapter = self._adapter = make_adapter(queue)
@@ -114,6 +118,7 @@ class BatcherBase(EventEmitter):
             or self.options.max_pending is not None
             or self._prepare_hook is not None
             or self._buffer.route is not None  # weighed, or a queue's: checked before it is routed
+            or self.options.shed  # each submit asks whether it would meet the latency target
         )
 
     def _listeners_changed(self) -> None:
@@ -175,8 +180,21 @@ class BatcherBase(EventEmitter):
         if handle.cancelled():
             return Job(job.id, job.data)
         if handle.done():
+            if job.deadline is not None:  # the earlier submission's: this one sets its own, if any
+                del job._deadline
             return job
         raise ValueError(f"{job!r} is already submitted and not finished")
+
+    def _expect_deadline(self, deadline: object) -> None:
+        """Check a submit's ``deadline=`` (seconds from now) and get the engine ready for it."""
+        seconds("deadline", deadline, allow_zero=False)
+        if isinstance(self._adapter, ClaimAdapter):
+            raise TypeError(
+                f"deadline= cannot be used with {type(self.queue).__name__}: a deadline is a time on this "
+                "process's monotonic clock, which a stored job cannot carry to another worker or a restart "
+                "(submit without deadline=, or use the in-memory queue)"
+            )
+        self._engine.expect_deadlines()
 
     @staticmethod
     def _not_a_job(job: object) -> TypeError:

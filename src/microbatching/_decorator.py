@@ -92,6 +92,7 @@ def batch(
     policy: str | None = ...,
     latency_target: float | None = ...,
     objective: str = ...,
+    shed: bool = ...,
 ) -> _Decorator[Any, Any]: ...
 
 

@@ -31,17 +31,20 @@ class Job(Generic[T]):
 
     ``Job(1, "payload")`` or ``Job(data="payload")``; without an id a unique string id is
     generated.  ``attempts`` counts the attempts started (1 while the first runs);
-    ``submitted_at`` is the monotonic time of submission (``None`` before).  ``receipt``
-    is opaque to users: a queue may keep its delivery data there (a lease token, say).
+    ``submitted_at`` is the monotonic time of submission (``None`` before).  ``deadline``
+    is the monotonic time by which the job should have its result, set by
+    ``submit_job(job, deadline=seconds)`` (``None`` without one).  ``receipt`` is opaque
+    to users: a queue may keep its delivery data there (a lease token, say).
     """
 
     # Only four slots are filled here: every filled slot costs the garbage collector a
     # visit each time it scans the job, and bulk submits keep many jobs alive at once.
-    # ``_submitted_at``, ``_ready_at`` and ``_receipt`` are filled when used.
-    __slots__ = ("_handle", "_id", "_ready_at", "_receipt", "_submitted_at", "attempts", "data")
+    # ``_submitted_at``, ``_ready_at``, ``_receipt`` and ``_deadline`` are filled when used.
+    __slots__ = ("_deadline", "_handle", "_id", "_ready_at", "_receipt", "_submitted_at", "attempts", "data")
 
     _ready_at: float
     _submitted_at: float
+    _deadline: float
 
     def __init__(self, id: Any = None, data: T = _NO_DATA) -> None:
         if data is _NO_DATA:
@@ -67,6 +70,18 @@ class Job(Generic[T]):
     @submitted_at.setter
     def submitted_at(self, value: float) -> None:
         self._submitted_at = value
+
+    @property
+    def deadline(self) -> float | None:
+        """Monotonic time (as ``submitted_at``) by which the job should have its result, or ``None``.
+
+        Set by the ``deadline=`` of a submit, in seconds from then; a job whose deadline
+        passes before its batch starts fails with ``DeadlineExceededError`` and never runs.
+        """
+        try:
+            return self._deadline
+        except AttributeError:
+            return None
 
     @property
     def receipt(self) -> Any:

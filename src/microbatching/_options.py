@@ -59,6 +59,9 @@ class Options:
     latency_target: float | None = None
     #: ``"latency"`` (lowest mean latency) or ``"cost"`` (fewest processor calls per job).
     objective: str = "latency"
+    #: Refuse a submit at once (``OverloadedError``) when the adaptive policy predicts the job
+    #: would miss ``latency_target``, instead of queueing it.
+    shed: bool = False
 
     def __post_init__(self) -> None:
         positive_int("batch_size", self.batch_size)
@@ -105,6 +108,13 @@ class Options:
             raise TypeError("latency_target= has no effect with policy='fixed' (use policy='adaptive')")
         if not self.adaptive and self.objective != "latency":
             raise TypeError("objective= has no effect without latency_target= (the adaptive policy)")
+        if not isinstance(self.shed, bool):
+            raise TypeError(f"shed must be True or False, got {type(self.shed).__name__} {self.shed!r}")
+        if self.shed and not self.adaptive:
+            raise TypeError(
+                "shed=True needs the adaptive policy (latency_target=): it sheds jobs predicted "
+                "to miss the latency target (under policy='fixed', bound the backlog with max_pending=)"
+            )
 
 
 def check_option_names(owner: str, given: Iterable[str]) -> None:

@@ -71,7 +71,10 @@ class PolicyStats:
     company before it may leave (``0`` under ``objective="latency"``).  ``p99_latency`` is
     the observed 99th percentile of submit-to-result seconds over recent batches, and
     ``guard`` the share of ``latency_target`` the policy plans with (lowered while that
-    percentile is above the target, raised back while it is well below).
+    percentile is above the target, raised back while it is well below).  ``shed`` counts
+    the submits refused with ``OverloadedError`` (``shed=True``), and ``predicted_latency``
+    is what a job submitted at the snapshot would take by the policy's estimate (``None``
+    before the first batches).
     """
 
     objective: str
@@ -83,6 +86,8 @@ class PolicyStats:
     guard: float
     p99_latency: float
     cost_per_size: dict[int, float] = field(default_factory=dict)
+    shed: int = 0
+    predicted_latency: float | None = None
 
 
 @dataclass(frozen=True, repr=False)
@@ -94,7 +99,8 @@ class Stats:
     cancelled them before their batch started, or abandoned by ``shutdown(timeout=...)``
     or ``shutdown(cancel=True)``; a durable queue keeps abandoned jobs for later),
     ``processor_errors`` (batches whose processor raised, timed out or returned the wrong
-    number of results) and ``batches`` (dispatched, by trigger in
+    number of results), ``deadline_exceeded`` (jobs failed because their ``deadline``
+    passed, or would have, before they ran; also in ``failed``) and ``batches`` (dispatched, by trigger in
     ``batches_by_trigger``: ``size``, ``time``, ``weight``, ``shutdown``).
 
     Gauges are the state right now: ``pending`` counts accepted jobs not yet final:
@@ -117,6 +123,8 @@ class Stats:
     retried: int = 0
     cancelled: int = 0
     processor_errors: int = 0
+    #: Jobs failed with ``DeadlineExceededError`` (also counted in ``failed``).
+    deadline_exceeded: int = 0
     pending: int = 0
     buffered: int = 0
     in_flight: int = 0

@@ -84,8 +84,14 @@ class MicroBatching(BatcherBase):
         finally:
             loop.close()
 
-    def submit_job(
-        self, job: Job[Any], block: bool = True, timeout: float | None = None, *, wait_stored: bool = False
+    def submit_job(  # deadline is not keyword-only: see AsyncMicroBatching.submit_job_nowait
+        self,
+        job: Job[Any],
+        block: bool = True,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        *,
+        wait_stored: bool = False,
     ) -> JobResult:
         """Accept ``job`` and return its :class:`JobResult`; thread-safe.
 
@@ -93,7 +99,10 @@ class MicroBatching(BatcherBase):
         ``block=False`` raises :class:`QueueFullError` at once; on a durable queue it also
         waits while the queue's ``max_unstored`` accepted jobs are not yet stored.  With
         ``wait_stored=True`` it returns only once the durable queue has stored the job
-        (raising the queue's error if it could not).
+        (raising the queue's error if it could not).  ``deadline`` is seconds from now by
+        which the job should have its result: if its batch has not started by then, it
+        fails with :class:`DeadlineExceededError` and never runs.  With ``shed=True`` a job
+        predicted to miss ``latency_target`` is refused with :class:`OverloadedError`.
         """
         try:
             handle = job._handle
@@ -101,8 +110,8 @@ class MicroBatching(BatcherBase):
             raise self._not_a_job(job) from None
         if handle is not None:
             job = self._resubmitted(job, handle)
-        if self._guarded:
-            self._admit(job, block, timeout)
+        if self._guarded or deadline is not None:
+            self._admit_checked(job, block, timeout, deadline)
         handle = new_handle()
         handle.job = job
         job._handle = handle
@@ -113,14 +122,17 @@ class MicroBatching(BatcherBase):
             stored.result()
         return handle
 
-    def submit(self, item: Any, block: bool = True, timeout: float | None = None) -> JobResult:
+    def submit(  # deadline is not keyword-only: see AsyncMicroBatching.submit_job_nowait
+        self, item: Any, block: bool = True, timeout: float | None = None, deadline: float | None = None
+    ) -> JobResult:
         """Accept one item (no ``Job`` needed) and return its handle; thread-safe, the fastest submit.
 
-        As ``submit_job`` otherwise: the processor gets the item as a job's data (or the item
-        itself, with ``takes="items"``); a Job is made for it only where one is needed.
+        As ``submit_job`` otherwise (``deadline`` included): the processor gets the item as a
+        job's data (or the item itself, with ``takes="items"``); a Job is made for it only
+        where one is needed.
         """
-        if self._guarded:
-            return self.submit_job(Job(None, item), block, timeout)
+        if self._guarded or deadline is not None:
+            return self.submit_job(Job(None, item), block, timeout, deadline=deadline)
         handle = new_handle()
         handle.job = None
         self._engine.inbox.submit_item(item, handle)
@@ -151,6 +163,18 @@ class MicroBatching(BatcherBase):
         for slot, handle in enumerate(handles):
             handle.add_done_callback(lambda done, slot=slot: collector.set(slot, _outcome(done)))
 
+    def _admit_checked(
+        self, job: Job[Any], block: bool, timeout: float | None, deadline: float | None
+    ) -> None:
+        """The deadline (counted from the call, waiting for room included), then ``_admit``."""
+        if deadline is not None:
+            self._expect_deadline(deadline)
+            due = _monotonic() + deadline
+        if self._guarded:
+            self._admit(job, block, timeout)
+        if deadline is not None:  # only once admitted: a refused job keeps none
+            job._deadline = due
+
     def _admit(self, job: Job[Any], block: bool, timeout: float | None) -> None:
         """The checks a plain running batcher can skip: lifecycle, encoding, then room."""
         if self._state is not State.RUNNING:
@@ -158,6 +182,8 @@ class MicroBatching(BatcherBase):
             self._refuse_if_closed()
             self.start()
         self._encode(job)
+        if self.options.shed:
+            self._engine.shed_if_overloaded()
         adapter = self._adapter
         if not adapter.has_store_room():
             self._refuse_waiting_for_itself(block, "not yet stored jobs")

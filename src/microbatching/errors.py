@@ -10,10 +10,12 @@ if TYPE_CHECKING:
 __all__ = [
     "BatchResultError",
     "BatchTimeoutError",
+    "DeadlineExceededError",
     "JobCancelledError",
     "JobFailedError",
     "MicroBatchingError",
     "InvalidQueueError",
+    "OverloadedError",
     "PayloadTooLargeError",
     "QueueError",
     "QueueFullError",
@@ -60,6 +62,14 @@ class BatchTimeoutError(MicroBatchingError, TimeoutError):
 
 class JobCancelledError(MicroBatchingError):
     """The job was abandoned before reaching an outcome (shutdown with ``cancel=True`` or a timeout)."""
+
+
+class DeadlineExceededError(MicroBatchingError, TimeoutError):
+    """The job's deadline passed (or would have, by the time it ran) before it started: it never ran."""
+
+
+class OverloadedError(MicroBatchingError):
+    """``shed=True``: the batcher predicted this job would miss ``latency_target``, so it refused it."""
 
 
 class JobFailedError(MicroBatchingError):

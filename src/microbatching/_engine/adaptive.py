@@ -198,6 +198,12 @@ class Controller:
         self._starts: deque[tuple[float, int]] = deque(maxlen=_RATE_BATCHES)
         #: How many jobs wait for a batch to start (the buffer's count, set by it).
         self.backlog: Callable[[], int] = lambda: 0
+        #: Submits refused with OverloadedError (``shed=True``).
+        self.shed = 0
+        #: The curve and drain rate of the last decision, replaced whole (never changed in
+        #: place): submitters on other threads read them to predict a job's latency.
+        self._curve: list[tuple[float, float]] = []
+        self._drain_rate = 0.0
 
     # -- learning ------------------------------------------------------------------------
 
@@ -236,6 +242,32 @@ class Controller:
             if limit < cap:
                 cap, reason = limit, why
         self.cap, self.cap_reason = max(1, cap), reason
+        self._remember_drain_rate()
+
+    def _remember_drain_rate(self) -> None:
+        """The curve, and the jobs per second a backlog drains at: batches of the cap.
+
+        Beyond the largest size seen, seconds follow the last slope, or stay flat while one
+        size only is known: a job is shed on evidence of overload, not on a guess of it.
+        """
+        curve = self.model.points()
+        if len(curve) == 1:
+            curve = [curve[0], (curve[0][0] + 1.0, curve[0][1])]
+        seconds = _interpolate(curve, self.cap)
+        self._curve = curve
+        self._drain_rate = self.cap / seconds if seconds else 0.0
+
+    def predicted_latency(self, waiting: int) -> float | None:
+        """Seconds a job submitted now would take to its result, with ``waiting`` jobs ahead of it.
+
+        Those jobs drain at the knee's rate; then the job's own batch runs.  ``None`` before the
+        first batch (nothing is known of the processor yet).  Any thread may call it.
+        """
+        curve, rate = self._curve, self._drain_rate
+        if not rate or self._batches < _GUARD_EVERY:  # too few batches seen to judge
+            return None
+        own = _interpolate(curve, min(self.cap, waiting + 1)) or 0.0
+        return waiting / rate + own
 
     def _knee_too_slow(self, knee: int) -> bool:
         seconds = self.model.predict(knee)
@@ -331,6 +363,8 @@ class Controller:
             guard=self.guard,
             p99_latency=_weighted_p99(self._latencies),
             cost_per_size={round(size): seconds for size, seconds in self.model.points()},
+            shed=self.shed,
+            predicted_latency=self.predicted_latency(self.backlog()),
         )
 
 
@@ -355,9 +389,16 @@ class AdaptiveBuffer(Buffer):
     closed earlier under a smaller cap would otherwise stay small).  The open batch may
     leave once it holds the cap, or when the controller's wait is over; until a slot takes
     it, it keeps filling up to ``batch_size``.
+
+    Once jobs carry deadlines (``deadlines``), a batch leaving takes the jobs with the
+    earliest deadlines of everything waiting (a job without one counts as due
+    ``latency_target`` after it became ready, so none waits for ever behind them);
+    a job that would finish late even so, by the model's estimate of the batch's run, fails
+    with ``DeadlineExceededError`` instead of running; and an open batch waiting for company
+    leaves early (trigger ``"deadline"``) when waiting longer would make its earliest job late.
     """
 
-    __slots__ = ("_controller", "_hard_cap")
+    __slots__ = ("_controller", "_fail_late", "_hard_cap", "deadlines")
 
     def __init__(
         self,
@@ -366,14 +407,98 @@ class AdaptiveBuffer(Buffer):
         on_ready: Callable[[], None],
         on_bad_weight: Callable[[Job[Any], BaseException], None],
         controller: Controller,
+        fail_late: Callable[[Job[Any], str], None],
     ) -> None:
         super().__init__(
             controller.cap, 0.0, options.weight, options.max_batch_weight, pending, on_ready, on_bad_weight
         )
         self._controller = controller
         self._hard_cap = options.batch_size
+        self._fail_late = fail_late
+        #: Some job was submitted with a deadline: batches are formed earliest deadline first.
+        self.deadlines = False
         controller.backlog = lambda: self.buffered
-        self.triggers.update({"knee": 0, "explore": 0, "cap": 0, "idle": 0, "target": 0})
+        self.triggers.update({"knee": 0, "explore": 0, "cap": 0, "idle": 0, "target": 0, "deadline": 0})
+
+    # -- deadlines ---------------------------------------------------------------------------
+
+    def admit(self, job: Job[Any]) -> None:
+        """As the fixed buffer's, then (with deadlines) the open batch's wait is kept within the job's."""
+        Buffer.admit(self, job)
+        if self.deadlines:
+            self._mind_deadline(job)
+
+    def add(self, job: Job[Any]) -> None:
+        """As the fixed buffer's, then (with deadlines) the open batch's wait is kept within the job's."""
+        Buffer.add(self, job)
+        if self.deadlines:
+            self._mind_deadline(job)
+
+    def _mind_deadline(self, job: Job[Any]) -> None:
+        """If ``job`` waits in the open batch, leave by when its batch must start to finish in time."""
+        deadline = job.deadline
+        timer, batch = self._timer, self._open
+        if deadline is None or timer is None or batch.due or job not in batch.jobs[-1:]:
+            return
+        leave_by = deadline - (self._controller.model.predict(self._limit) or 0.0)
+        if leave_by >= timer.when():
+            return
+        self._cancel_timer()
+        if leave_by <= self._now():
+            self._due("deadline")
+        else:
+            self._timer = self._loop.call_at(leave_by, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        self._due("deadline")
+
+    def _earliest_first(self, batch: Batch) -> None:
+        """Fill ``batch`` with every waiting job, earliest deadline first, minus the hopeless ones.
+
+        Batches of items (which carry no deadlines) and the open batch while it still waits
+        for company are left as they are.
+        """
+        pool = batch.jobs
+        kept: deque[Batch] = deque()
+        for waiting in self._ready:
+            if _holds_jobs(waiting):
+                pool.extend(waiting.jobs)
+            else:
+                kept.append(waiting)
+        self._ready = kept
+        if self._open.jobs and self._open.due and _holds_jobs(self._open):
+            pool.extend(self._open.jobs)
+            self._open = Batch()
+            self._cancel_timer()
+        pool.sort(key=self._due_by)
+        batch.jobs = self._hopeless(pool)
+
+    def _hopeless(self, pool: list[Job[Any]]) -> list[Job[Any]]:
+        """``pool`` (in order) without the jobs that would finish late in this batch: those fail."""
+        now, predict, cap = self._now(), self._controller.model.predict, self._controller.cap
+        kept: list[Job[Any]] = []
+        failed = 0
+        for index, job in enumerate(pool):
+            seconds = predict(min(cap, len(pool) - failed)) or 0.0
+            if self._due_by(job) >= now + seconds:  # in time, and so is every job after it
+                return kept + pool[index:]
+            if job.deadline is None:  # due by the target only: late, but it has no deadline to miss
+                kept.append(job)
+                continue
+            late = (
+                f"it would finish {now + seconds - job.deadline:.3f}s after its deadline "
+                f"(its batch's run predicted at {seconds:.3f}s)"
+            )
+            self._fail_late(job, late)
+            failed += 1
+        return kept
+
+    def _due_by(self, job: Job[Any]) -> float:
+        """When ``job`` should have its result: its deadline, or without one the latency target
+        after it became ready (so jobs without deadlines are not held back for ever)."""
+        deadline = job.deadline
+        return job._ready_at + self._controller.target if deadline is None else deadline
 
     def resize(self, batch_size: int | None, interval: float | None) -> None:
         """A new hard ``batch_size`` (the interval is the policy's own: ignored)."""
@@ -410,15 +535,21 @@ class AdaptiveBuffer(Buffer):
         self._on_ready()
 
     def next_batch(self) -> Batch | None:
-        """The next batch (as the fixed buffer picks it), cut to the cap of this moment."""
-        if self._ready:
-            batch = self._ready.popleft()
-        elif self._open.jobs and self._open.due:
-            batch, self._open = self._open, Batch()
-            batch.trigger = batch.due
-            self._cancel_timer()
-        else:
-            return None
+        """The next batch (as the fixed buffer picks it, or earliest deadline first), cut to the cap."""
+        while True:
+            if self._ready:
+                batch = self._ready.popleft()
+            elif self._open.jobs and self._open.due:
+                batch, self._open = self._open, Batch()
+                batch.trigger = batch.due
+                self._cancel_timer()
+            else:
+                return None
+            if not self.deadlines or self._weigh is not None or not _holds_jobs(batch):
+                break
+            self._earliest_first(batch)
+            if batch.jobs:
+                break
         cap, why = self._controller.cap, self._controller.cap_reason
         if len(batch.jobs) > cap:
             if why == "knee":
@@ -443,3 +574,8 @@ def _cut(batch: Batch, size: int, why: str) -> Batch:
     rest.opened_at = rest.jobs[0]._ready_at if is_jobs else batch.opened_at
     rest.closed_at, rest.trigger = batch.closed_at, why
     return rest
+
+
+def _holds_jobs(batch: Batch) -> bool:
+    """Whether ``batch`` holds Jobs (not items, nor a ``submit_many`` call's items)."""
+    return batch.futures is None and batch.bulk is None

@@ -21,7 +21,7 @@ from .._job import Job
 from .._options import Options
 from .._stats import Recorder, Stats
 from ..adapters.base import Adapter
-from ..errors import JobCancelledError, ShutdownError
+from ..errors import JobCancelledError, OverloadedError, ShutdownError
 from .adaptive import AdaptiveBuffer, Controller
 from .buffer import Buffer
 from .inbox import Inbox
@@ -94,7 +94,9 @@ class Engine:
             )
         controller = self.controller = Controller(options)
         self.recorder.subscribe(controller.observe)  # it learns from every finished batch
-        return AdaptiveBuffer(options, pending, self._pump, self.outcomes.fail_for_good, controller)
+        return AdaptiveBuffer(
+            options, pending, self._pump, self.outcomes.fail_for_good, controller, self.outcomes.fail_late
+        )
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run on ``loop`` from now on (called once, by the batcher's start, on the loop thread)."""
@@ -247,6 +249,30 @@ class Engine:
             for job in batch.jobs:
                 self.outcomes.fail_for_good(job, error)
         batch.settled = True
+
+    def expect_deadlines(self) -> None:
+        """A job with a deadline is on its way (any thread): batches look for late jobs from now on."""
+        self.outcomes.deadlines = True
+        if isinstance(self.buffer, AdaptiveBuffer):
+            self.buffer.deadlines = True
+
+    def shed_if_overloaded(self) -> None:
+        """``shed=True``: raise ``OverloadedError`` if a job submitted now is predicted to miss the target.
+
+        Callable from any thread: it reads counters and the controller's last decision only.
+        """
+        controller = self.controller
+        if controller is None:
+            return
+        waiting = max(0, self.pending.count + self.inbox.backlog - self._in_flight)
+        latency = controller.predicted_latency(waiting)
+        if latency is None or latency <= controller.target:
+            return
+        controller.shed += 1
+        raise OverloadedError(
+            f"shed: a job submitted now would take about {latency * 1e3:.0f} ms ({waiting} jobs wait "
+            f"ahead of it), over latency_target={controller.target * 1e3:g} ms"
+        )
 
     def flush(self) -> None:
         """Dispatch the open batch now, without waiting for it to fill or for its interval (loop thread)."""

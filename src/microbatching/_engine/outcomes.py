@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._batch import Batch
 from .._job import Job, JobResult, set_results
-from ..errors import JobCancelledError, JobFailedError, ShutdownError
+from ..errors import DeadlineExceededError, JobCancelledError, JobFailedError, ShutdownError
 from .items import job_for_slot
 from .pending import Pending
 
@@ -30,6 +30,8 @@ __all__ = ["Outcomes"]
 logger = logging.getLogger("microbatching")
 
 _ALREADY_SETTLED = (asyncio.InvalidStateError, concurrent.futures.InvalidStateError)
+#: Errors a job fails with as they are (not wrapped in JobFailedError): it never ran, or was abandoned.
+_FINAL_AS_IS = (JobCancelledError, ShutdownError, DeadlineExceededError)
 #: The state of an unsettled handle, as asyncio's, concurrent.futures' and our handles name it.
 _PENDING = "PENDING"
 #: A handle's state without a method call (``done()`` is ``_state != "PENDING"``).
@@ -47,7 +49,17 @@ class Outcomes:
         self._adapter = adapter
         self._pending = pending
         self._retries: dict[Job[Any], asyncio.TimerHandle] = {}
-        self.counts = {"completed": 0, "failed": 0, "retried": 0, "cancelled": 0, "processor_errors": 0}
+        self.counts = {
+            "completed": 0,
+            "failed": 0,
+            "retried": 0,
+            "cancelled": 0,
+            "processor_errors": 0,
+            "deadline_exceeded": 0,
+        }
+        #: Some job was submitted with a deadline: batches look for late jobs as they start
+        #: (until then they skip the look, so jobs without deadlines pay nothing for it).
+        self.deadlines = False
         #: Shutdown gave up: failed jobs are not retried, they are cancelled.
         self.abandoning = False
         #: Fail jobs with JobFailedError (cause, attempts); the decorator turns it off to
@@ -72,7 +84,29 @@ class Outcomes:
             job.attempts += 1
         if dropped:  # events and the processor see only the jobs that run
             live = batch.jobs = [job for job in live if not self._dropped_if_cancelled(job)]
+        if self.deadlines:
+            live = batch.jobs = self._drop_late(live)
         return live
+
+    def _drop_late(self, jobs: list[Job[Any]]) -> list[Job[Any]]:
+        """Fail the jobs whose deadline has passed (they never run); the others, in order."""
+        now = self._now()
+        kept = []
+        for job in jobs:
+            deadline = job.deadline
+            if deadline is None or now < deadline:
+                kept.append(job)
+                continue
+            job.attempts -= 1  # counted above, but never started
+            self.fail_late(job, f"its deadline passed {now - deadline:.3f}s before its batch started")
+        return kept
+
+    def fail_late(self, job: Job[Any], why: str, cause: BaseException | None = None) -> None:
+        """Fail ``job`` for good with ``DeadlineExceededError`` (``why``: what made it late)."""
+        error = DeadlineExceededError(f"job {job.id!r} was not run: {why}")
+        error.__cause__ = cause
+        self.counts["deadline_exceeded"] += 1
+        self.fail_for_good(job, error)
 
     def _dropped_if_cancelled(self, job: Job[Any]) -> bool:
         handle = job._handle
@@ -218,10 +252,21 @@ class Outcomes:
         if delay is None:
             self.fail_for_good(job, error)
             return
+        if self.deadlines and self._too_late_to_retry(job, delay, error):
+            return
         self.counts["retried"] += 1
         if self._emitter.listening("job_retrying"):
             self._emitter.emit("job_retrying", job, error, delay)
         self._adapter.retry(job, delay)
+
+    def _too_late_to_retry(self, job: Job[Any], delay: float, error: BaseException) -> bool:
+        """Fail ``job`` now if its retry would start after its deadline (the retry's cause chained)."""
+        deadline = job.deadline
+        if deadline is None or self._now() + delay < deadline:
+            return False
+        why = f"attempt {job.attempts} failed and a retry in {delay:.3f}s would start after its deadline"
+        self.fail_late(job, why, error)
+        return True
 
     def _retry_delay(self, job: Job[Any], error: BaseException) -> float | None:
         """Seconds until ``job`` may try again, or ``None`` when it gets no more attempts."""
@@ -236,7 +281,7 @@ class Outcomes:
 
     def fail_for_good(self, job: Job[Any], error: BaseException) -> None:
         """Give ``job`` its final failure now, without retrying."""
-        if isinstance(error, (JobCancelledError, ShutdownError)) or not self.wrap_errors:
+        if isinstance(error, _FINAL_AS_IS) or not self.wrap_errors:
             final: BaseException = error
         else:
             final = JobFailedError(job, error, job.attempts)
