@@ -274,6 +274,34 @@ def test_a_batch_costs_a_constant_number_of_round_trips(name: str) -> None:
     asyncio.run(main())
 
 
+def test_a_close_just_after_a_settle_spends_no_attempt_of_the_jobs_on_their_way(name: str) -> None:
+    """An acknowledgement makes room in the window, and the broker starts sending more at
+    once; a handle closed right then gives those back unspent (RabbitMQ would otherwise drop
+    the ones still on their way at the cancel, and count them delivered at the close)."""
+
+    async def main() -> list[int]:
+        producer = _queue(name)
+        try:
+            await producer.aput_many(range(60))
+        finally:
+            await producer.close()
+        for _ in range(10):
+            queue = _queue(name, prefetch=4)
+            try:
+                await queue.ack(await _claim(queue, 4))
+            finally:
+                await queue.close()
+        check = _queue(name)
+        try:
+            rest = await _claim(check, 20)
+            await check.ack(rest)
+            return [job.attempts for job in rest]
+        finally:
+            await check.close()
+
+    assert asyncio.run(main()) == [1] * 20
+
+
 def test_a_batcher_survives_its_connection_closed_from_the_server(name: str) -> None:
     done: list[int] = []
     lock = threading.Lock()

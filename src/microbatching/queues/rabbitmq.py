@@ -74,6 +74,9 @@ _DEAD_BACK = 2.0  # seconds a dead-letter read waits for the broker to count the
 _CLOSING_CONSUMER, _CLOSING_LOOKS = 0.3, 6  # a dead consumer's connection: looks again, seconds apart
 _SUSPECT_AFTER = 2  # earlier deliveries ended by a dead consumer that make a job suspect
 _IDLE = 1.0  # seconds without a claim after which a handle gives back what it was pushed
+#: Seconds a handle stopping its consumers waits at most for the deliveries on their way to it.
+_QUIESCE = 2.0
+_QUIESCE_POLL = 0.005  # seconds between looks while the broker is still filling the window
 
 
 #: The open handles of this process, for the in-flight count (see ``_local_in_flight``).
@@ -109,10 +112,6 @@ class RabbitMQQueue(ClaimQueue):
         idempotent_enqueue=False,
         exact_counts=False,
         blocking_claim=True,
-        # release() itself republishes a job with its attempt undone, but a delivery the
-        # broker takes back as a channel closes (one in transit at a cancelled shutdown,
-        # say) is counted again by x-delivery-count: not every give-back keeps the attempt.
-        release_keeps_attempts=False,
     )
     client_errors = client_errors()
 
@@ -623,7 +622,7 @@ class RabbitMQQueue(ClaimQueue):
 
         Left to the channel's close, each would come back counted as a delivery.
         """
-        await link.cancel()
+        await self._stop_consuming(link)
         buffered = list(link.buffer)
         link.buffer.clear()
         if buffered:
@@ -631,6 +630,35 @@ class RabbitMQQueue(ClaimQueue):
             for delivery in buffered:
                 self._held[_tag(delivery)] = delivery
             await self._release(leases)
+
+    async def _stop_consuming(self, link: Link) -> None:
+        """Cancel the consumers once no delivery can be on its way to them (``_QUIESCE`` s at most).
+
+        RabbitMQ drops a quorum-queue delivery that reaches the channel after its consumer
+        was cancelled: it stays checked out to the channel, and comes back counted as a
+        delivery when the channel closes, an attempt spent by a job no worker saw.  After
+        a settle frees room in the window, the broker may be sending jobs already.  None
+        is on its way once the window is full, or once the queue counts nothing ready and
+        a round trip on the consuming channel brought nothing more.
+        """
+        deadline = time.monotonic() + _QUIESCE
+        while link.room and not link.broken and time.monotonic() < deadline:
+            if await self._nothing_on_its_way(link):
+                break
+        await link.cancel()
+
+    async def _nothing_on_its_way(self, link: Link) -> bool:
+        """One look: ``True`` when the queue counts nothing ready and a barrier brought nothing."""
+        try:
+            (ready,) = await link.ready_counts([self.names.name])
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return True  # the queue was deleted: nothing more comes from it
+        if ready:
+            await asyncio.sleep(_QUIESCE_POLL)  # the broker fills the window with them
+            return False
+        before = link.delivered
+        await link.barrier()
+        return link.delivered == before
 
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
