@@ -29,6 +29,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -262,57 +263,76 @@ class RabbitMQQueue(ClaimQueue):
         link.last_claim = time.monotonic()
         if self._closed:  # closing: what the broker pushes now would only go back
             return []
+        await self._open_window(link, limit, wait)
+        if len(link.buffer) < limit:
+            await self._await_deliveries(link, wait, limit)
+        if link.broken or self._closed:
+            return []
+        claim = self._sort([link.buffer.popleft() for _ in range(min(limit, len(link.buffer)))], max_attempts)
+        rows = await self._alone_if_suspect(link, claim.rows)
+        await self._put_aside(claim)
+        return rows
+
+    async def _open_window(self, link: Link, limit: int, wait: float) -> None:
+        """Start consuming at a handle's first claim; widen the window when this claim needs it."""
         if not link.consuming:
             # The first claim of a batcher asks for what it can run: batch_size * (concurrency + 1).
             await link.consume(self.names.name, self._prefetch or limit)
             self._watch_idle()
         elif not self._prefetch and (extra := self._window_short_by(link, limit, wait)):
             await link.consume(self.names.name, extra)
-        if len(link.buffer) < limit:
-            await self._await_deliveries(link, wait, limit)
-        if link.broken or self._closed:
-            return []
-        deliveries = [link.buffer.popleft() for _ in range(min(limit, len(link.buffer)))]
-        rows: list[Claimed] = []
-        exhausted: list[tuple[Lease, str, str | None]] = []
-        early: list[Lease] = []
-        duplicates: list[Lease] = []
+
+    def _sort(self, deliveries: list[DeliveredMessage], max_attempts: int | None) -> _Sorted:
+        """Hold each delivery and sort it: a job to hand out, a duplicate, early, or out of attempts."""
+        claim = _Sorted()
         for delivery in deliveries:
-            held = self._lease(delivery)
-            self._held[_tag(delivery)] = delivery
-            if self._held_keys.get(held.key, -1) in self._held:
-                # A second copy of a job held here (a copy stored before its original's
-                # acknowledgement was lost): it goes back to the queue, its attempt undone,
-                # rather than beside its twin (a batcher tracks a job by its key).
-                duplicates.append(held)
-                continue
-            self._held_keys[held.key] = _tag(delivery)
-            if _due(delivery) > time.time() + _EARLY:
-                early.append(held)  # a delay longer than the top level: it waits again
-            elif max_attempts is not None and held.attempts > max_attempts:
-                # Its last attempt ended without an outcome: the worker died or stalled with it.
-                exhausted.append((_spent(held), worker_lost(held.attempts - 1), None))
-            else:
-                job_id, payload = unframe(delivery.body)
-                rows.append(Claimed(held, job_id, payload))
+            self._sort_one(delivery, max_attempts, claim)
+        return claim
+
+    def _sort_one(self, delivery: DeliveredMessage, max_attempts: int | None, claim: _Sorted) -> None:
+        held = self._lease(delivery)
+        self._held[_tag(delivery)] = delivery
+        if self._held_keys.get(held.key, -1) in self._held:
+            # A second copy of a job held here (a copy stored before its original's
+            # acknowledgement was lost): it goes back to the queue, its attempt undone,
+            # rather than beside its twin (a batcher tracks a job by its key).
+            claim.duplicates.append(held)
+            return
+        self._held_keys[held.key] = _tag(delivery)
+        if _due(delivery) > time.time() + _EARLY:
+            claim.early.append(held)  # a delay longer than the top level: it waits again
+        elif max_attempts is not None and held.attempts > max_attempts:
+            # Its last attempt ended without an outcome: the worker died or stalled with it.
+            claim.exhausted.append((_spent(held), worker_lost(held.attempts - 1), None))
+        else:
+            job_id, payload = unframe(delivery.body)
+            claim.rows.append(Claimed(held, job_id, payload))
+
+    async def _alone_if_suspect(self, link: Link, rows: list[Claimed]) -> list[Claimed]:
+        """``rows``, or only the first suspect among them, the rest given back unspent.
+
+        A job whose consumer died with it before may kill this one: it is handed out alone
+        (a batcher runs it alone), with nothing else held here to share its fate (a crash
+        counts a delivery on each).  The consumer stops until the next claim.
+        """
         suspect = next((row for row in rows if row.lease.recovered >= _SUSPECT_AFTER), None)
-        if suspect is not None:
-            # A job whose consumer died with it before may kill this one: it is handed out
-            # alone (a batcher runs it alone), with nothing else held here to share its
-            # fate (a crash counts a delivery on each).  The consumer stops until the next claim.
-            others = [row.lease for row in rows if row is not suspect]
-            rows = [suspect]
-            await self._give_back_buffered(link)
-            await self._release(others)
-        if duplicates:
-            duplicates = self._live(duplicates)
+        if suspect is None:
+            return rows
+        await self._give_back_buffered(link)
+        await self._release([row.lease for row in rows if row is not suspect])
+        return [suspect]
+
+    async def _put_aside(self, claim: _Sorted) -> None:
+        """What a claim does not hand out: duplicates back unspent, early jobs back to wait
+        (unspent), and jobs out of attempts to the dead letters."""
+        if claim.duplicates:
+            duplicates = self._live(claim.duplicates)
             await self._replace(duplicates, [(lease, lease.attempts - 1, None) for lease in duplicates])
-        if early:
-            early = self._live(early)
+        if claim.early:
+            early = self._live(claim.early)
             await self._replace(early, [(lease, lease.attempts - 1, _due_of(lease)) for lease in early])
-        if exhausted:
-            await self._dead_letter(exhausted)
-        return rows
+        if claim.exhausted:
+            await self._dead_letter(claim.exhausted)
 
     def _window_short_by(self, link: Link, limit: int, wait: float) -> int:
         """How much wider the window must be for this claim: 0 but for a claim larger than it,
@@ -728,6 +748,16 @@ def _chosen(found: list[DeliveredMessage], keys: list[str] | None) -> list[Deliv
         return found
     wanted = set(keys)
     return [message for message in found if str(message.header.properties.message_id) in wanted]
+
+
+@dataclass
+class _Sorted:
+    """The deliveries of one claim, sorted: what it hands out and what it puts aside."""
+
+    rows: list[Claimed] = field(default_factory=list)
+    duplicates: list[Lease] = field(default_factory=list)
+    early: list[Lease] = field(default_factory=list)
+    exhausted: list[tuple[Lease, str, str | None]] = field(default_factory=list)
 
 
 class _DeadRead:
