@@ -24,7 +24,7 @@ import pytest
 from backends import RABBITMQ
 from conftest import free_port, service_available
 
-from microbatching import Job, MicroBatching
+from microbatching import AsyncMicroBatching, Job, MicroBatching, RetryPolicy
 from microbatching.errors import InvalidQueueError, QueueError
 from microbatching.queues import open_queue
 
@@ -300,6 +300,58 @@ def test_a_close_just_after_a_settle_spends_no_attempt_of_the_jobs_on_their_way(
             await check.close()
 
     assert asyncio.run(main()) == [1] * 20
+
+
+def test_a_job_whose_consumer_died_with_it_twice_runs_alone_and_spends_nobody_elses_attempt(
+    name: str,
+) -> None:
+    """What is given back around a suspect (by the queue, or by the batcher holding other
+    work) is released with its attempt undone: the others run with one attempt each."""
+
+    async def make_suspect() -> None:
+        queue = _queue(name)
+        try:
+            await queue.aput("S", id="suspect")
+        finally:
+            await queue.close()
+        for _ in range(2):  # claimed and never settled: a consumer died with it, twice
+            dying = _queue(name)
+            try:
+                assert [job.id for job in await _claim(dying, 1)] == ["suspect"]
+            finally:
+                await dying.close()
+        queue = _queue(name)
+        try:
+            await queue.aput_many(range(12), ids=[f"o{i}" for i in range(12)])
+        finally:
+            await queue.close()
+
+    batches: list[list[tuple[Any, int]]] = []
+
+    async def main() -> None:
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def record(jobs: list[Job[Any]]) -> list[Any]:
+            time.sleep(0.05)
+            batches.append([(job.id, job.attempts) for job in jobs])
+            if sum(map(len, batches)) >= 13:
+                loop.call_soon_threadsafe(done.set)
+            return [None] * len(jobs)
+
+        mb = AsyncMicroBatching(_queue(name), record, batch_size=4, batch_interval=0.01,
+                                max_concurrent_batches=2, retry=RetryPolicy(max_attempts=5))  # fmt: skip
+        mb.start()
+        try:
+            await asyncio.wait_for(done.wait(), 30)
+        finally:
+            await mb.shutdown(timeout=10)
+
+    asyncio.run(make_suspect())
+    asyncio.run(main())
+    runs = [run for batch in batches for run in batch]
+    assert [("suspect", 3)] in batches, batches  # alone, its two deaths counted
+    assert sorted(runs) == sorted([("suspect", 3)] + [(f"o{i}", 1) for i in range(12)]), batches
 
 
 def test_a_batcher_survives_its_connection_closed_from_the_server(name: str) -> None:
