@@ -129,6 +129,8 @@ class Link:
         self.consumer_tags: list[str] = []
         #: Tags delivered to the current consumer and not yet settled: what fills its window.
         self.window: set[int] = set()
+        #: Deliveries received on this link so far (a barrier compares it before and after).
+        self.delivered = 0
         self.last_claim = 0.0
         self._consume: aiormq.abc.AbstractChannel | None = None
         self._publish: aiormq.abc.AbstractChannel | None = None
@@ -196,6 +198,7 @@ class Link:
 
     async def _delivered(self, message: DeliveredMessage) -> None:
         if not self.broken:
+            self.delivered += 1
             self.window.add(int(message.delivery_tag or 0))
             self.buffer.append(message)
             self.arrived.set()
@@ -217,6 +220,14 @@ class Link:
             ok = await raw.queue_declare(queue, passive=True)
             counts.append((int(ok.message_count or 0), int(ok.consumer_count or 0)))
         return counts
+
+    async def barrier(self) -> None:
+        """One round trip on the consuming channel: every delivery the broker sent on it before is here.
+
+        The broker writes a channel's frames in order, and the client hands each delivery
+        to its consumer before it reads the reply.
+        """
+        await asyncio.shield(self.consume_channel.basic_qos(prefetch_count=self.prefetch))
 
     async def cancel(self) -> None:
         """Stop the consumers: the broker sends nothing more (what is buffered stays buffered)."""

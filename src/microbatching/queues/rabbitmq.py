@@ -29,6 +29,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -74,6 +75,9 @@ _DEAD_BACK = 2.0  # seconds a dead-letter read waits for the broker to count the
 _CLOSING_CONSUMER, _CLOSING_LOOKS = 0.3, 6  # a dead consumer's connection: looks again, seconds apart
 _SUSPECT_AFTER = 2  # earlier deliveries ended by a dead consumer that make a job suspect
 _IDLE = 1.0  # seconds without a claim after which a handle gives back what it was pushed
+#: Seconds a handle stopping its consumers waits at most for the deliveries on their way to it.
+_QUIESCE = 2.0
+_QUIESCE_POLL = 0.005  # seconds between looks while the broker is still filling the window
 
 
 #: The open handles of this process, for the in-flight count (see ``_local_in_flight``).
@@ -109,10 +113,6 @@ class RabbitMQQueue(ClaimQueue):
         idempotent_enqueue=False,
         exact_counts=False,
         blocking_claim=True,
-        # release() itself republishes a job with its attempt undone, but a delivery the
-        # broker takes back as a channel closes (one in transit at a cancelled shutdown,
-        # say) is counted again by x-delivery-count: not every give-back keeps the attempt.
-        release_keeps_attempts=False,
     )
     client_errors = client_errors()
 
@@ -263,57 +263,76 @@ class RabbitMQQueue(ClaimQueue):
         link.last_claim = time.monotonic()
         if self._closed:  # closing: what the broker pushes now would only go back
             return []
+        await self._open_window(link, limit, wait)
+        if len(link.buffer) < limit:
+            await self._await_deliveries(link, wait, limit)
+        if link.broken or self._closed:
+            return []
+        claim = self._sort([link.buffer.popleft() for _ in range(min(limit, len(link.buffer)))], max_attempts)
+        rows = await self._alone_if_suspect(link, claim.rows)
+        await self._put_aside(claim)
+        return rows
+
+    async def _open_window(self, link: Link, limit: int, wait: float) -> None:
+        """Start consuming at a handle's first claim; widen the window when this claim needs it."""
         if not link.consuming:
             # The first claim of a batcher asks for what it can run: batch_size * (concurrency + 1).
             await link.consume(self.names.name, self._prefetch or limit)
             self._watch_idle()
         elif not self._prefetch and (extra := self._window_short_by(link, limit, wait)):
             await link.consume(self.names.name, extra)
-        if len(link.buffer) < limit:
-            await self._await_deliveries(link, wait, limit)
-        if link.broken or self._closed:
-            return []
-        deliveries = [link.buffer.popleft() for _ in range(min(limit, len(link.buffer)))]
-        rows: list[Claimed] = []
-        exhausted: list[tuple[Lease, str, str | None]] = []
-        early: list[Lease] = []
-        duplicates: list[Lease] = []
+
+    def _sort(self, deliveries: list[DeliveredMessage], max_attempts: int | None) -> _Sorted:
+        """Hold each delivery and sort it: a job to hand out, a duplicate, early, or out of attempts."""
+        claim = _Sorted()
         for delivery in deliveries:
-            held = self._lease(delivery)
-            self._held[_tag(delivery)] = delivery
-            if self._held_keys.get(held.key, -1) in self._held:
-                # A second copy of a job held here (a copy stored before its original's
-                # acknowledgement was lost): it goes back to the queue, its attempt undone,
-                # rather than beside its twin (a batcher tracks a job by its key).
-                duplicates.append(held)
-                continue
-            self._held_keys[held.key] = _tag(delivery)
-            if _due(delivery) > time.time() + _EARLY:
-                early.append(held)  # a delay longer than the top level: it waits again
-            elif max_attempts is not None and held.attempts > max_attempts:
-                # Its last attempt ended without an outcome: the worker died or stalled with it.
-                exhausted.append((_spent(held), worker_lost(held.attempts - 1), None))
-            else:
-                job_id, payload = unframe(delivery.body)
-                rows.append(Claimed(held, job_id, payload))
+            self._sort_one(delivery, max_attempts, claim)
+        return claim
+
+    def _sort_one(self, delivery: DeliveredMessage, max_attempts: int | None, claim: _Sorted) -> None:
+        held = self._lease(delivery)
+        self._held[_tag(delivery)] = delivery
+        if self._held_keys.get(held.key, -1) in self._held:
+            # A second copy of a job held here (a copy stored before its original's
+            # acknowledgement was lost): it goes back to the queue, its attempt undone,
+            # rather than beside its twin (a batcher tracks a job by its key).
+            claim.duplicates.append(held)
+            return
+        self._held_keys[held.key] = _tag(delivery)
+        if _due(delivery) > time.time() + _EARLY:
+            claim.early.append(held)  # a delay longer than the top level: it waits again
+        elif max_attempts is not None and held.attempts > max_attempts:
+            # Its last attempt ended without an outcome: the worker died or stalled with it.
+            claim.exhausted.append((_spent(held), worker_lost(held.attempts - 1), None))
+        else:
+            job_id, payload = unframe(delivery.body)
+            claim.rows.append(Claimed(held, job_id, payload))
+
+    async def _alone_if_suspect(self, link: Link, rows: list[Claimed]) -> list[Claimed]:
+        """``rows``, or only the first suspect among them, the rest given back unspent.
+
+        A job whose consumer died with it before may kill this one: it is handed out alone
+        (a batcher runs it alone), with nothing else held here to share its fate (a crash
+        counts a delivery on each).  The consumer stops until the next claim.
+        """
         suspect = next((row for row in rows if row.lease.recovered >= _SUSPECT_AFTER), None)
-        if suspect is not None:
-            # A job whose consumer died with it before may kill this one: it is handed out
-            # alone (a batcher runs it alone), with nothing else held here to share its
-            # fate (a crash counts a delivery on each).  The consumer stops until the next claim.
-            others = [row.lease for row in rows if row is not suspect]
-            rows = [suspect]
-            await self._give_back_buffered(link)
-            await self._release(others)
-        if duplicates:
-            duplicates = self._live(duplicates)
+        if suspect is None:
+            return rows
+        await self._give_back_buffered(link)
+        await self._release([row.lease for row in rows if row is not suspect])
+        return [suspect]
+
+    async def _put_aside(self, claim: _Sorted) -> None:
+        """What a claim does not hand out: duplicates back unspent, early jobs back to wait
+        (unspent), and jobs out of attempts to the dead letters."""
+        if claim.duplicates:
+            duplicates = self._live(claim.duplicates)
             await self._replace(duplicates, [(lease, lease.attempts - 1, None) for lease in duplicates])
-        if early:
-            early = self._live(early)
+        if claim.early:
+            early = self._live(claim.early)
             await self._replace(early, [(lease, lease.attempts - 1, _due_of(lease)) for lease in early])
-        if exhausted:
-            await self._dead_letter(exhausted)
-        return rows
+        if claim.exhausted:
+            await self._dead_letter(claim.exhausted)
 
     def _window_short_by(self, link: Link, limit: int, wait: float) -> int:
         """How much wider the window must be for this claim: 0 but for a claim larger than it,
@@ -623,7 +642,7 @@ class RabbitMQQueue(ClaimQueue):
 
         Left to the channel's close, each would come back counted as a delivery.
         """
-        await link.cancel()
+        await self._stop_consuming(link)
         buffered = list(link.buffer)
         link.buffer.clear()
         if buffered:
@@ -631,6 +650,35 @@ class RabbitMQQueue(ClaimQueue):
             for delivery in buffered:
                 self._held[_tag(delivery)] = delivery
             await self._release(leases)
+
+    async def _stop_consuming(self, link: Link) -> None:
+        """Cancel the consumers once no delivery can be on its way to them (``_QUIESCE`` s at most).
+
+        RabbitMQ drops a quorum-queue delivery that reaches the channel after its consumer
+        was cancelled: it stays checked out to the channel, and comes back counted as a
+        delivery when the channel closes, an attempt spent by a job no worker saw.  After
+        a settle frees room in the window, the broker may be sending jobs already.  None
+        is on its way once the window is full, or once the queue counts nothing ready and
+        a round trip on the consuming channel brought nothing more.
+        """
+        deadline = time.monotonic() + _QUIESCE
+        while link.room and not link.broken and time.monotonic() < deadline:
+            if await self._nothing_on_its_way(link):
+                break
+        await link.cancel()
+
+    async def _nothing_on_its_way(self, link: Link) -> bool:
+        """One look: ``True`` when the queue counts nothing ready and a barrier brought nothing."""
+        try:
+            (ready,) = await link.ready_counts([self.names.name])
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return True  # the queue was deleted: nothing more comes from it
+        if ready:
+            await asyncio.sleep(_QUIESCE_POLL)  # the broker fills the window with them
+            return False
+        before = link.delivered
+        await link.barrier()
+        return link.delivered == before
 
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
@@ -700,6 +748,16 @@ def _chosen(found: list[DeliveredMessage], keys: list[str] | None) -> list[Deliv
         return found
     wanted = set(keys)
     return [message for message in found if str(message.header.properties.message_id) in wanted]
+
+
+@dataclass
+class _Sorted:
+    """The deliveries of one claim, sorted: what it hands out and what it puts aside."""
+
+    rows: list[Claimed] = field(default_factory=list)
+    duplicates: list[Lease] = field(default_factory=list)
+    early: list[Lease] = field(default_factory=list)
+    exhausted: list[tuple[Lease, str, str | None]] = field(default_factory=list)
 
 
 class _DeadRead:
