@@ -307,3 +307,37 @@ def test_a_suspect_claimed_by_a_busy_worker_that_then_dies_still_gets_its_run_al
     assert [d.job_id for d in dead] == [], f"dead-lettered without running alone: {[d.error for d in dead]}"
     assert runs, "the suspect never ran"
     assert (stats.pending, stats.in_flight) == (0, 0)
+
+
+class _FlakyClaims(SQLiteQueue):
+    """A SQLite queue whose first ``failures`` claims fail, as a broker that is down would."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+
+    async def _claim(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("connection refused")
+        return await super()._claim(*args, **kwargs)
+
+
+def test_a_claim_that_keeps_failing_is_logged_once_with_its_traceback_then_once_it_works(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import microbatching.adapters.claim as claim
+
+    monkeypatch.setattr(claim, "_ERROR_BACKOFF", 0.01)
+    caplog.set_level("WARNING", logger="microbatching")
+
+    async def main() -> list[Any]:
+        queue = _FlakyClaims(tmp_path / "q.db", failures=20)
+        async with AsyncMicroBatching(queue, lambda jobs: [job.data for job in jobs]) as mb:
+            return list(await asyncio.gather(*(mb.submit_job_nowait(Job(i, i)) for i in range(3))))
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == [0, 1, 2]
+    claims = [r for r in caplog.records if "claiming jobs from" in r.getMessage()]
+    assert [r.levelname for r in claims] == ["ERROR", "WARNING"], [r.getMessage() for r in claims]
+    assert claims[0].exc_info is not None and "connection refused" in str(claims[0].exc_info[1])
+    assert "works again after 20 failed tries" in claims[1].getMessage()

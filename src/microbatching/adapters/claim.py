@@ -35,6 +35,7 @@ logger = logging.getLogger("microbatching")
 _POLL_WAIT = 0.1  # seconds an idle claim polls a queue that cannot block on its broker
 _BLOCKING_WAIT = 1.0  # seconds an idle claim waits on a broker that can block
 _ERROR_BACKOFF = 0.5
+_STILL_FAILING = 30.0  # seconds between the log lines of a claim that keeps failing
 _FIRST_BACKOFF = 0.05  # the first pause before repeating a write the queue failed; doubles
 _LAST_BACKOFF = 2.0
 #: How long an enqueue the queue keeps failing is repeated before its jobs fail.
@@ -76,6 +77,8 @@ class ClaimAdapter(Adapter):
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._troubled = False  # the queue is failing: said once in the log, until it works again
+        self._claim_failures = 0  # claims failed in a row (the first is logged with its traceback)
+        self._claim_failing_since = self._claim_reported = 0.0
         # Jobs encoded at submit and not yet stored (any thread counts in; the writer out).
         self._unstored = 0
         self._store_changed = threading.Condition()
@@ -153,10 +156,11 @@ class ClaimAdapter(Adapter):
                 continue
             try:
                 jobs = await queue.claim(want, None, max_attempts, wait=0.0 if draining else idle_wait)
-            except Exception:
-                logger.exception("claiming jobs from %r failed; retrying in %ss", queue, _ERROR_BACKOFF)
+            except Exception as exc:
+                self._claim_failed(exc)
                 await asyncio.sleep(_ERROR_BACKOFF)
                 continue
+            self._claim_works()
             own_seen = any(job.receipt.key in self._own for job in jobs)
             if not draining and any(_is_suspect(job) for job in jobs):
                 jobs = self._isolate_suspects(jobs)
@@ -165,6 +169,25 @@ class ClaimAdapter(Adapter):
             if draining and not own_seen:
                 break  # our remaining jobs are behind other work, delayed, or leased elsewhere
         self._let_go_of_queued()
+
+    def _claim_failed(self, error: Exception) -> None:
+        """Log a failed claim: the first with its traceback, then a line every ``_STILL_FAILING`` s."""
+        now = time.monotonic()
+        if not self._claim_failures:
+            logger.error("claiming jobs from %r failed; retrying every %ss", self.queue, _ERROR_BACKOFF,
+                         exc_info=error)  # fmt: skip
+            self._claim_failing_since = self._claim_reported = now
+        elif now - self._claim_reported >= _STILL_FAILING:
+            logger.error("claiming jobs from %r still fails after %d tries in %.0f s: %s", self.queue,
+                         self._claim_failures + 1, now - self._claim_failing_since, error)  # fmt: skip
+            self._claim_reported = now
+        self._claim_failures += 1
+
+    def _claim_works(self) -> None:
+        if self._claim_failures:
+            logger.warning("claiming jobs from %r works again after %d failed tries in %.0f s", self.queue,
+                           self._claim_failures, time.monotonic() - self._claim_failing_since)  # fmt: skip
+            self._claim_failures = 0
 
     async def _isolate_next(self) -> None:
         """Run suspects (jobs whose consumer died with them before) one per batch, alone.
