@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -354,15 +354,22 @@ def test_a_job_whose_consumer_died_with_it_twice_runs_alone_and_spends_nobody_el
     assert sorted(runs) == sorted([("suspect", 3)] + [(f"o{i}", 1) for i in range(12)]), batches
 
 
-def test_a_batcher_survives_its_connection_closed_from_the_server(name: str) -> None:
-    done: list[int] = []
+def _recording_processor(pause: float) -> tuple[list[Any], Callable[[list[Job[Any]]], list[Any]]]:
+    """A processor taking ``pause`` seconds a batch, and the list of every job's data it processed."""
+    processed: list[Any] = []
     lock = threading.Lock()
 
     def process(jobs: list[Job[Any]]) -> list[Any]:
-        time.sleep(0.005)
+        time.sleep(pause)
         with lock:
-            done.extend(job.data for job in jobs)
+            processed.extend(job.data for job in jobs)
         return [None] * len(jobs)
+
+    return processed, process
+
+
+def test_a_batcher_survives_its_connection_closed_from_the_server(name: str) -> None:
+    done, process = _recording_processor(0.005)
 
     producer = _queue(name)
     try:
@@ -570,14 +577,7 @@ def test_a_running_worker_loses_no_confirmed_job_to_a_broker_killed_and_restarte
     are bounded by what the worker held and the put in flight, and the worker (never
     restarted) and the producer reconnect by themselves."""
     name, batch_size = "survivor", 20
-    processed: list[int] = []
-    lock = threading.Lock()
-
-    def process(jobs: list[Job[Any]]) -> list[Any]:
-        time.sleep(0.002)
-        with lock:
-            processed.extend(job.data for job in jobs)
-        return [None] * len(jobs)
+    processed, process = _recording_processor(0.002)
 
     confirmed: list[int] = []
     stop = threading.Event()
