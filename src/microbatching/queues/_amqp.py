@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
@@ -140,9 +141,10 @@ class Link:
     async def open(
         cls, url: str, name: str, on_lost: Callable[[BaseException | None], None], **options: Any
     ) -> Link:
-        connection = await aio_pika.connect(
-            url, client_properties={"connection_name": f"microbatching {name} pid {os.getpid()}"}, **options
-        )
+        # Named in the URL's query: aiormq 6 and 7 both read it (aio-pika 9, which Python 3.10
+        # gets, drops client_properties= when given a URL).
+        label = f"microbatching {name} pid {os.getpid()}"
+        connection = await aio_pika.connect(_with_connection_name(url, label), **options)
         link = cls(connection, on_lost)
         try:
             connection.close_callbacks.add(link._lost)
@@ -275,3 +277,10 @@ class Link:
         self.buffer.clear()
         if not self.connection.is_closed:
             await self.connection.close()
+
+
+def _with_connection_name(url: str, label: str) -> str:
+    """``url`` with ``name=label`` in its query: the connection's name on the broker."""
+    parts = urlsplit(url)
+    query = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True) if key != "name"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("name", label)])))
