@@ -85,8 +85,7 @@ class AsyncMicroBatching(BatcherBase):
         """``submit_job_nowait`` with the checks a plain running batcher skips, and the deadline."""
         if deadline is not None:
             self._check_loop()
-            self._expect_deadline(deadline)
-            due = self._engine.now() + deadline
+            due = self._expect_deadline(deadline, self._engine.now())
         if self._guarded:
             self._admit(job)
             if not self._pending.has_room():
@@ -163,8 +162,7 @@ class AsyncMicroBatching(BatcherBase):
             job = self._resubmitted(job, handle)
         self._check_loop()
         if deadline is not None:
-            self._expect_deadline(deadline)
-            due = self._engine.now() + deadline
+            due = self._expect_deadline(deadline, self._engine.now())
         self._admit(job)
         if not self._adapter.has_store_room():
             await self._adapter.store_room()

@@ -185,8 +185,9 @@ class BatcherBase(EventEmitter):
             return job
         raise ValueError(f"{job!r} is already submitted and not finished")
 
-    def _expect_deadline(self, deadline: object) -> None:
-        """Check a submit's ``deadline=`` (seconds from now) and get the engine ready for it."""
+    def _expect_deadline(self, deadline: float, now: float) -> float:
+        """Check a submit's ``deadline=`` (seconds from ``now``), get the engine ready for it, and
+        return the time it falls due."""
         seconds("deadline", deadline, allow_zero=False)
         if isinstance(self._adapter, ClaimAdapter):
             raise TypeError(
@@ -195,6 +196,7 @@ class BatcherBase(EventEmitter):
                 "(submit without deadline=, or use the in-memory queue)"
             )
         self._engine.expect_deadlines()
+        return now + deadline
 
     @staticmethod
     def _not_a_job(job: object) -> TypeError:

@@ -168,8 +168,7 @@ class MicroBatching(BatcherBase):
     ) -> None:
         """The deadline (counted from the call, waiting for room included), then ``_admit``."""
         if deadline is not None:
-            self._expect_deadline(deadline)
-            due = _monotonic() + deadline
+            due = self._expect_deadline(deadline, _monotonic())
         if self._guarded:
             self._admit(job, block, timeout)
         if deadline is not None:  # only once admitted: a refused job keeps none
