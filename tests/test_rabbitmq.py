@@ -354,6 +354,19 @@ def test_a_job_whose_consumer_died_with_it_twice_runs_alone_and_spends_nobody_el
     assert sorted(runs) == sorted([("suspect", 3)] + [(f"o{i}", 1) for i in range(12)]), batches
 
 
+def _stats_of(make: Callable[[], RabbitMQQueue]) -> Any:
+    """The stats of the queue ``make()`` opens, on a handle of its own (closed after)."""
+
+    async def read() -> Any:
+        queue = make()
+        try:
+            return await queue.stats()
+        finally:
+            await queue.close()
+
+    return asyncio.run(read())
+
+
 def _recording_processor(pause: float) -> tuple[list[Any], Callable[[list[Job[Any]]], list[Any]]]:
     """A processor taking ``pause`` seconds a batch, and the list of every job's data it processed."""
     processed: list[Any] = []
@@ -388,14 +401,7 @@ def test_a_batcher_survives_its_connection_closed_from_the_server(name: str) -> 
     assert set(done) == set(range(3000))  # nothing lost
     assert len(done) - 3000 <= 2 * 50 * 2  # repeats bounded by what it held at each close
 
-    async def left() -> Any:
-        check = _queue(name)
-        try:
-            return await check.stats()
-        finally:
-            await check.close()
-
-    stats = asyncio.run(left())
+    stats = _stats_of(lambda: _queue(name))
     assert (stats.pending, stats.delayed, stats.dead) == (0, 0, 0)
 
 
@@ -612,12 +618,5 @@ def test_a_running_worker_loses_no_confirmed_job_to_a_broker_killed_and_restarte
     assert not lost
     assert duplicates <= bound
 
-    async def left() -> Any:
-        check = RabbitMQQueue(url, name=name, create=False)
-        try:
-            return await check.stats()
-        finally:
-            await check.close()
-
-    stats = asyncio.run(left())
+    stats = _stats_of(lambda: RabbitMQQueue(url, name=name, create=False))
     assert (stats.pending, stats.delayed, stats.dead) == (0, 0, 0)
