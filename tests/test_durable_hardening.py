@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from microbatching import AsyncMicroBatching, Job, RetryPolicy
+from microbatching.errors import QueueError
 from microbatching.queues import SQLiteQueue
 
 # Every wait below is bounded well within this; it only stops a test the bounds missed.
@@ -310,17 +311,49 @@ def test_a_suspect_claimed_by_a_busy_worker_that_then_dies_still_gets_its_run_al
 
 
 class _FlakyClaims(SQLiteQueue):
-    """A SQLite queue whose first ``failures`` claims fail, as a broker that is down would."""
+    """A SQLite queue whose first ``failures`` claims fail, as a broker that is down would.
 
-    def __init__(self, path: Path, failures: int) -> None:
+    ``error`` is what the client raises; ``asyncio.CancelledError`` is what aiormq raises
+    in the calls of a connection it gave up on (the broker stopped answering).
+    """
+
+    def __init__(self, path: Path, failures: int, error: type[BaseException] = ConnectionError) -> None:
         super().__init__(path)
-        self.failures = failures
+        self.failures, self.error = failures, error
 
     async def _claim(self, *args: Any, **kwargs: Any) -> Any:
         if self.failures:
             self.failures -= 1
-            raise ConnectionError("connection refused")
+            raise self.error("connection refused")
         return await super()._claim(*args, **kwargs)
+
+
+def test_a_client_cancelling_its_own_call_is_a_queue_error_and_the_claim_loop_goes_on(tmp_path: Path) -> None:
+    async def main() -> list[Any]:
+        queue = _FlakyClaims(tmp_path / "q.db", failures=1, error=asyncio.CancelledError)
+        with pytest.raises(QueueError, match="abandoned"):
+            await queue.claim(1)
+        queue.failures = 3
+        async with AsyncMicroBatching(queue, lambda jobs: [job.data for job in jobs]) as mb:
+            return list(await asyncio.gather(*(mb.submit_job_nowait(Job(i, i)) for i in range(3))))
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == [0, 1, 2]
+
+
+def test_cancelling_the_caller_of_a_queue_call_still_cancels_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        queue = SQLiteQueue(tmp_path / "q.db")
+        try:
+            claim = asyncio.ensure_future(queue.claim(1, wait=30))
+            await asyncio.sleep(0.1)
+            claim.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await claim
+            assert claim.cancelled()
+        finally:
+            await queue.close()
+
+    asyncio.run(asyncio.wait_for(main(), 10))
 
 
 def test_a_claim_that_keeps_failing_is_logged_once_with_its_traceback_then_once_it_works(

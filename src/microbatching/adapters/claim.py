@@ -128,47 +128,51 @@ class ClaimAdapter(Adapter):
         return job, counted
 
     async def _claim_loop(self) -> None:
-        engine, queue = self.engine, self.queue
-        options = engine.options
+        options = self.engine.options
         target = options.batch_size * (options.max_concurrent_batches + 1)
         max_attempts = options.retry.max_attempts if options.retry is not None else 1
         # An idle claim waits on the broker for work (or polls, for queues that cannot);
         # shutdown waits at most this long for the claim in progress.
-        idle_wait = _BLOCKING_WAIT if queue.capabilities.blocking_claim else _POLL_WAIT
+        idle_wait = _BLOCKING_WAIT if self.queue.capabilities.blocking_claim else _POLL_WAIT
         while True:
-            draining = engine.draining
-            if draining:
-                self._release_suspects()
-                await self._write_all()
-                if not self._own_queued():
-                    break
-            elif (
-                self._suspects
-                or self._deferred
-                or self._isolating is not None
-                or (self._wants_isolation and self._held)
-            ):
-                await self._isolate_next()
-                continue
-            want = target - len(self._held)
-            if want < min(options.batch_size, target):
-                await self._sleep(None)  # woken when held jobs are settled
-                continue
             try:
-                jobs = await queue.claim(want, None, max_attempts, wait=0.0 if draining else idle_wait)
-            except Exception as exc:
+                if await self._claim_step(target, max_attempts, idle_wait):
+                    break
+            except Exception as exc:  # the loop outlives any failure: a dead one strands every job
                 self._claim_failed(exc)
                 await asyncio.sleep(_ERROR_BACKOFF)
-                continue
-            self._claim_works()
-            own_seen = any(job.receipt.key in self._own for job in jobs)
-            if not draining and any(_is_suspect(job) for job in jobs):
-                jobs = self._isolate_suspects(jobs)
-            for job in jobs:
-                engine.deliver(job)
-            if draining and not own_seen:
-                break  # our remaining jobs are behind other work, delayed, or leased elsewhere
         self._let_go_of_queued()
+
+    async def _claim_step(self, target: int, max_attempts: int, idle_wait: float) -> bool:
+        """One turn of the claim loop; ``True`` once a shutdown has nothing more to claim."""
+        engine = self.engine
+        draining = engine.draining
+        if draining:
+            self._release_suspects()
+            await self._write_all()
+            if not self._own_queued():
+                return True
+        elif (
+            self._suspects
+            or self._deferred
+            or self._isolating is not None
+            or (self._wants_isolation and self._held)
+        ):
+            await self._isolate_next()
+            return False
+        want = target - len(self._held)
+        if want < min(engine.options.batch_size, target):
+            await self._sleep(None)  # woken when held jobs are settled
+            return False
+        jobs = await self.queue.claim(want, None, max_attempts, wait=0.0 if draining else idle_wait)
+        self._claim_works()
+        own_seen = any(job.receipt.key in self._own for job in jobs)
+        if not draining and any(_is_suspect(job) for job in jobs):
+            jobs = self._isolate_suspects(jobs)
+        for job in jobs:
+            engine.deliver(job)
+        # Draining: our remaining jobs are behind other work, delayed, or leased elsewhere.
+        return draining and not own_seen
 
     def _claim_failed(self, error: Exception) -> None:
         """Log a failed claim: the first with its traceback, then a line every ``_STILL_FAILING`` s."""

@@ -17,7 +17,7 @@ import secrets
 import time
 import traceback as tb
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from .._job import Job
@@ -430,11 +430,27 @@ class ClaimQueue(ABC):
     def _leases(self, jobs: Sequence[Job[Any]]) -> list[Lease]:
         return [job.receipt for job in jobs if self._is_live(job)]
 
-    async def _call(self, operation: Awaitable[T]) -> T:
+    async def _call(self, operation: Coroutine[Any, Any, T]) -> T:
+        # The operation runs as a task of its own: a client that cancels the futures of a
+        # connection it gives up (aiormq does, when the broker stops answering or the link
+        # breaks mid-call) cancels that task, not its caller.  Let through, such a
+        # cancellation would end a worker's claim loop as if it were shutting down.
+        task = asyncio.ensure_future(operation)
         try:
-            return await operation
-        except self.client_errors as exc:
-            raise QueueError(scrub(f"{self!r}: {type(exc).__name__}: {exc}", self.url)) from exc
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            task.cancel()  # the caller's own cancellation: the operation's clean-up runs first
+            await asyncio.wait((task,))
+            raise
+        if task.cancelled():
+            raise QueueError(scrub(f"{self!r}: the client abandoned the operation (its connection closed)",
+                                   self.url))  # fmt: skip
+        error = task.exception()
+        if error is None:
+            return task.result()
+        if isinstance(error, self.client_errors):
+            raise QueueError(scrub(f"{self!r}: {type(error).__name__}: {error}", self.url)) from error
+        raise error
 
     def _loads(self, data: bytes) -> Any:
         try:
