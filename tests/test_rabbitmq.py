@@ -496,6 +496,13 @@ class PrivateBroker:
         if self.process is not None:
             self.process.wait(30)
 
+    def pause(self) -> None:
+        """Stop the node (SIGSTOP): its connections stay open and nothing on them is answered."""
+        os.kill(int((self.base / "pid").read_text()), signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(int((self.base / "pid").read_text()), signal.SIGCONT)
+
 
 @pytest.fixture
 def private_broker() -> Iterator[PrivateBroker]:
@@ -509,6 +516,7 @@ def private_broker() -> Iterator[PrivateBroker]:
     broker.start()
     yield broker
     try:
+        broker.resume()
         broker.kill()
     except (FileNotFoundError, ProcessLookupError, ValueError):
         pass
@@ -572,6 +580,107 @@ def _wait_for(condition: Any, seconds: float, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"waited {seconds}s for {what}"
         time.sleep(0.05)
+
+
+def _producing(url: str, name: str, confirmed: list[int], stop: threading.Event,
+               died: list[BaseException]) -> threading.Thread:  # fmt: skip
+    """A thread running ``_produce``; what ends it other than ``stop`` is put in ``died``."""
+
+    def run() -> None:
+        try:
+            asyncio.run(_produce(url, name, confirmed, stop))
+        except BaseException as exc:
+            died.append(exc)
+
+    return threading.Thread(target=run)
+
+
+@pytest.mark.timeout(180)
+def test_a_broker_that_stops_answering_fails_the_calls_and_neither_worker_nor_producer_stops(
+    private_broker: PrivateBroker,
+) -> None:
+    """The node is paused (SIGSTOP) past the client's heartbeat grace while a worker and a
+    producer run: the client gives their silent connections up and cancels the calls on
+    them, which reaches the producer as a ``QueueError`` and the worker as a failed claim
+    or settle, never as a cancellation that ends either.  Resumed, both go on, and every
+    confirmed job is processed."""
+    url, name = private_broker.url + "?heartbeat=1", "paused"  # given up after 3 x (1 + 1) s
+    processed, process = _recording_processor(0.002)
+    confirmed: list[int] = []
+    died: list[BaseException] = []
+    stop = threading.Event()
+    producer = _producing(url, name, confirmed, stop, died)
+    worker = MicroBatching(RabbitMQQueue(url, name=name), process, batch_size=20, batch_interval=0.01)
+    worker.start()
+    producer.start()
+    try:
+        _wait_for(lambda: len(processed) >= 500, 60, "500 jobs processed before the pause")
+        private_broker.pause()
+        time.sleep(8)
+        private_broker.resume()
+        before = len(confirmed)
+        _wait_for(lambda: len(confirmed) >= before + 500 or bool(died), 60, "500 jobs put after the pause")
+        assert not died, f"the producer stopped: {died!r}"
+        stop.set()
+        producer.join(60)
+        _wait_for(lambda: set(confirmed) <= set(processed), 60, "every confirmed job processed")
+    finally:
+        stop.set()
+        producer.join(60)
+        worker.shutdown(timeout=30)
+
+
+async def _put_and_close(queue: RabbitMQQueue, data: Any) -> None:
+    try:
+        await queue.aput_many(data)
+    finally:
+        await queue.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_shuts_down_within_its_timeout_on_a_broker_that_stopped_answering(
+    private_broker: PrivateBroker,
+) -> None:
+    """The node is paused (SIGSTOP) under a worker holding deliveries; ``shutdown(timeout=)``
+    returns without waiting for the client's heartbeat grace (3 minutes by default): the
+    give-back at close is bounded and the connection is closed without the broker's reply.
+    Resumed, the broker still has every job: nothing the worker held is lost."""
+    name = "paused-at-shutdown"
+    asyncio.run(_put_and_close(RabbitMQQueue(private_broker.url, name=name), range(200)))
+    processed, process = _recording_processor(0.0)
+
+    def slow(jobs: list[Job[Any]]) -> list[Any]:
+        time.sleep(0.2)
+        return process(jobs)
+
+    worker = MicroBatching(RabbitMQQueue(private_broker.url, name=name, timeout=5), slow, batch_size=10,
+                           batch_interval=0.01)  # fmt: skip
+    worker.start()
+    try:
+        _wait_for(lambda: len(processed) >= 10, 30, "a batch processed")
+        private_broker.pause()
+        started = time.monotonic()
+        worker.shutdown(timeout=5)
+        took = time.monotonic() - started
+    finally:
+        private_broker.resume()
+        worker.shutdown(timeout=5)
+    print(f"\nSHUTDOWN ON A PAUSED BROKER took={took:.1f}s")
+    assert took < 30, f"shutdown(timeout=5) took {took:.1f} s on a paused broker"
+    done = set(processed)
+
+    async def left() -> list[Any]:
+        queue = RabbitMQQueue(private_broker.url, name=name, create=False)
+        try:
+            jobs = []
+            while batch := await queue.claim(100, wait=2.0):
+                jobs.extend(batch)
+                await queue.ack(batch)
+            return [job.data for job in jobs]
+        finally:
+            await queue.close()
+
+    assert done | set(asyncio.run(left())) == set(range(200))
 
 
 @pytest.mark.timeout(300)

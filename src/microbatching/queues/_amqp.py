@@ -14,9 +14,9 @@ import asyncio
 import collections
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aio_pika
@@ -25,7 +25,9 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands
 from pamqp.common import FieldTable
 
-__all__ = ["BrokerRefused", "Layout", "Link", "Publish", "client_errors", "delivery_count"]
+__all__ = ["BrokerRefused", "BrokerSilent", "Layout", "Link", "Publish", "client_errors", "delivery_count"]
+
+T = TypeVar("T")
 
 #: Delay levels: queue ``<name>.delay.<ms>`` holds messages up to ``ms``, for ``ms`` =
 #: 100 ms * 2**k.  A longer delay waits out the top level as often as it needs.
@@ -38,10 +40,14 @@ class BrokerRefused(Exception):
     """The broker refused a publish (a negative confirm, or the message could not be routed)."""
 
 
+class BrokerSilent(Exception):
+    """The broker did not answer in time: the link is given up (its deliveries go back)."""
+
+
 def client_errors() -> tuple[type[BaseException], ...]:
     """The client's exceptions the queue translates into ``QueueError``."""
     return (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, BrokerRefused,
-            ConnectionError, OSError, asyncio.TimeoutError)  # fmt: skip
+            BrokerSilent, ConnectionError, OSError, asyncio.TimeoutError)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -116,12 +122,21 @@ def delivery_count(message: DeliveredMessage) -> int:
 
 
 class Link:
-    """One connection to the broker: a consuming channel and a confirming publishing channel."""
+    """One connection to the broker: a consuming channel and a confirming publishing channel.
+
+    Every exchange with the broker is bounded by ``timeout`` seconds: a broker that stops
+    answering (a stuck channel, a paused node, a half-open connection) gets the link given
+    up, as a dropped connection would, instead of a caller waiting on it forever.
+    """
 
     def __init__(
-        self, connection: aio_pika.abc.AbstractConnection, on_lost: Callable[[BaseException | None], None]
+        self,
+        connection: aio_pika.abc.AbstractConnection,
+        on_lost: Callable[[BaseException | None], None],
+        timeout: float,
     ):
         self.connection = connection
+        self.timeout = timeout
         self._on_lost = on_lost
         self.broken = False
         self.buffer: collections.deque[DeliveredMessage] = collections.deque()
@@ -139,17 +154,21 @@ class Link:
 
     @classmethod
     async def open(
-        cls, url: str, name: str, on_lost: Callable[[BaseException | None], None], **options: Any
-    ) -> Link:
+        cls, url: str, name: str, on_lost: Callable[[BaseException | None], None], timeout: float,
+        **options: Any,
+    ) -> Link:  # fmt: skip
         # Named in the URL's query: aiormq 6 and 7 both read it (aio-pika 9, which Python 3.10
         # gets, drops client_properties= when given a URL).
         label = f"microbatching {name} pid {os.getpid()}"
-        connection = await aio_pika.connect(_with_connection_name(url, label), **options)
-        link = cls(connection, on_lost)
+        try:  # bounded: a server that accepts the socket and never answers would hang it
+            connection = await aio_pika.connect(_with_connection_name(url, label), timeout=timeout, **options)
+        except asyncio.TimeoutError:
+            raise BrokerSilent(f"RabbitMQ did not complete the connection in {timeout} s") from None
+        link = cls(connection, on_lost, timeout)
         try:
             connection.close_callbacks.add(link._lost)
-            consume = await connection.channel(publisher_confirms=False)
-            publish = await connection.channel(publisher_confirms=True)
+            consume = await link._within(connection.channel(publisher_confirms=False))
+            publish = await link._within(connection.channel(publisher_confirms=True))
             consume.close_callbacks.add(link._lost)
             link._consume = await consume.get_underlay_channel()
             link._publish = await publish.get_underlay_channel()
@@ -158,13 +177,30 @@ class Link:
             raise
         return link
 
-    def _lost(self, _sender: object = None, exc: BaseException | None = None) -> None:
+    async def _within(self, call: Awaitable[T]) -> T:
+        """``call``'s result, or the link given up once the broker has not answered in ``timeout`` s.
+
+        Shielded: aiormq closes a channel whose call is cancelled, and every delivery held
+        on it would go back counted.
+        """
+        inner = asyncio.ensure_future(call)
+        try:
+            return await asyncio.wait_for(asyncio.shield(inner), self.timeout)
+        except asyncio.TimeoutError:
+            inner.add_done_callback(_retrieve)  # it fails once the connection is closed
+            error = BrokerSilent(f"RabbitMQ did not answer in {self.timeout} s: the connection is given up")
+            self._lost(error=error)
+            raise error from None
+
+    def _lost(
+        self, _sender: object = None, exc: BaseException | None = None, *, error: BaseException | None = None
+    ) -> None:
         if self.broken:
             return
         self.broken = True
         self.buffer.clear()  # the broker hands these out again
         self.arrived.set()
-        self._on_lost(exc)
+        self._on_lost(error or exc)
 
     @property
     def consume_channel(self) -> aiormq.abc.AbstractChannel:
@@ -187,7 +223,7 @@ class Link:
         The window (``basic.qos``) is per consumer; a wider one is a second consumer beside
         the first, never a restart: what the first holds stays counted.
         """
-        await asyncio.shield(self._consume_with(queue, prefetch))
+        await self._within(self._consume_with(queue, prefetch))
 
     async def _consume_with(self, queue: str, prefetch: int) -> None:
         channel = self.consume_channel
@@ -214,6 +250,9 @@ class Link:
 
     async def declared(self, queues: list[str]) -> list[tuple[int, int]]:
         """Each queue's ready messages and consumers, as a passive ``queue.declare`` tells them."""
+        return await self._within(self._declared(queues))
+
+    async def _declared(self, queues: list[str]) -> list[tuple[int, int]]:
         if self._query is None or self._query.is_closed:
             self._query = await self.connection.channel(publisher_confirms=False)
         raw = await self._query.get_underlay_channel()
@@ -229,15 +268,13 @@ class Link:
         The broker writes a channel's frames in order, and the client hands each delivery
         to its consumer before it reads the reply.
         """
-        await asyncio.shield(self.consume_channel.basic_qos(prefetch_count=self.prefetch))
+        await self._within(self.consume_channel.basic_qos(prefetch_count=self.prefetch))
 
     async def cancel(self) -> None:
         """Stop the consumers: the broker sends nothing more (what is buffered stays buffered)."""
         tags, self.consumer_tags = self.consumer_tags, []
         if tags and not self.broken:
-            # Shielded, as every call on this channel: aiormq closes a channel whose call is
-            # cancelled, and every delivery held on it would go back counted.
-            await asyncio.shield(self._cancel(tags))
+            await self._within(self._cancel(tags))
 
     async def _cancel(self, tags: list[str]) -> None:
         for tag in tags:
@@ -246,7 +283,7 @@ class Link:
     async def ack(self, tags: list[int]) -> None:
         """Acknowledge ``tags`` (frames written without waiting), then one round trip confirms the
         broker read them: it handles a channel's frames in order."""
-        await asyncio.shield(self._ack(tags))
+        await self._within(self._ack(tags))
 
     async def _ack(self, tags: list[int]) -> None:
         channel = self.consume_channel
@@ -262,10 +299,10 @@ class Link:
         channel = self._publish
         for start in range(0, len(messages), _PUBLISH_CHUNK):
             chunk = messages[start : start + _PUBLISH_CHUNK]
-            confirms = await asyncio.gather(
+            confirms = await self._within(asyncio.gather(
                 *(channel.basic_publish(m.body, routing_key=m.routing_key, properties=m.properties,
                                         mandatory=True) for m in chunk)
-            )  # fmt: skip
+            ))  # fmt: skip
             for message, confirm in zip(chunk, confirms, strict=True):
                 if not isinstance(confirm, commands.Basic.Ack):
                     raise BrokerRefused(
@@ -277,6 +314,11 @@ class Link:
         self.buffer.clear()
         if not self.connection.is_closed:
             await self.connection.close()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _with_connection_name(url: str, label: str) -> str:

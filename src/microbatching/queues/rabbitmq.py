@@ -58,9 +58,10 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
     "delivery_limit": (int, 100),
     "prefetch": (int, 0),
     "create_wait": (float, 0.0),
+    "timeout": (float, 20.0),
 }
 #: Connection options passed on to the client (aiormq's names).
-_CLIENT_OPTIONS = ("heartbeat", "connection_timeout", "cafile", "capath", "keyfile", "certfile",
+_CLIENT_OPTIONS = ("heartbeat", "cafile", "capath", "keyfile", "certfile",
                    "no_verify_ssl", "frame_max", "channel_max")  # fmt: skip
 _ATTEMPTS, _RECOVERED, _KEY, _DUE = "mb-attempts", "mb-recovered", "mb-key", "mb-due"
 _ERROR, _TRACEBACK, _FAILED_AT = "mb-error", "mb-traceback", "mb-failed-at"
@@ -78,6 +79,7 @@ _IDLE = 1.0  # seconds without a claim after which a handle gives back what it w
 #: Seconds a handle stopping its consumers waits at most for the deliveries on their way to it.
 _QUIESCE = 2.0
 _QUIESCE_POLL = 0.005  # seconds between looks while the broker is still filling the window
+_CLOSE_GIVE_BACK = 5.0  # seconds a closing handle spends at most giving back what it was pushed
 
 
 #: The open handles of this process, for the in-flight count (see ``_local_in_flight``).
@@ -100,9 +102,11 @@ class RabbitMQQueue(ClaimQueue):
     ``queue_type`` (``quorum`` or ``classic``), ``delivery_limit`` (the broker dead-letters
     a message delivered that many times; 0 for none), ``prefetch``, ``create_wait``
     (seconds the handle that creates the queue pauses before its first enqueue; 0 by
-    default).  ``lease`` only paces the batcher's renewals: a delivery is held until its
-    channel closes.  With ``create=False`` nothing is declared: a missing queue raises
-    :class:`~microbatching.errors.InvalidQueueError`.
+    default), ``timeout`` (seconds the broker may take to answer any one exchange, the
+    connection's opening included, before the handle gives the connection up, as if it
+    had dropped, and opens another; 20 by default).  ``lease`` only paces the batcher's
+    renewals: a delivery is held until its channel closes.  With ``create=False`` nothing
+    is declared: a missing queue raises :class:`~microbatching.errors.InvalidQueueError`.
     """
 
     capabilities = QueueCapabilities(
@@ -128,12 +132,13 @@ class RabbitMQQueue(ClaimQueue):
         delivery_limit: int | None = None,
         prefetch: int | None = None,
         create_wait: float | None = None,
+        timeout: float | None = None,
         tls: ssl.SSLContext | None = None,
         create: bool = True,
     ) -> None:
         self._given: dict[str, Any] = {"serializer": serializer, "lease": lease, "name": name,
             "queue_type": queue_type, "delivery_limit": delivery_limit, "prefetch": prefetch,
-            "create_wait": create_wait}  # fmt: skip
+            "create_wait": create_wait, "timeout": timeout}  # fmt: skip
         client_url, client_options = _split_url(url)
         options = resolve_options(_with_query(url, client_options), _OPTIONS, self._given)
         super().__init__(
@@ -147,12 +152,15 @@ class RabbitMQQueue(ClaimQueue):
                 raise ValueError(f"{option} must be >= 0, got {options[option]!r}")
         if options["create_wait"] < 0:
             raise ValueError(f"create_wait must be >= 0 seconds, got {options['create_wait']!r}")
+        if not options["timeout"] > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {options['timeout']!r}")
         self.url = url
         self.names = Layout(options["name"], options["queue_type"], options["delivery_limit"])
         self._client_url = client_url
         self._tls = tls
         self._prefetch = int(options["prefetch"])
         self._create_wait = float(options["create_wait"])
+        self._timeout = float(options["timeout"])
         self._link: Link | None = None
         self._link_lock = asyncio.Lock()
         self._held: dict[int, DeliveredMessage] = {}  # delivery tag -> delivery, current epoch
@@ -179,7 +187,8 @@ class RabbitMQQueue(ClaimQueue):
                 if self._link is not None:
                     await self._link.close()
                 options: dict[str, Any] = {} if self._tls is None else {"ssl_context": self._tls, "ssl": True}
-                self._link = await Link.open(self._client_url, self.names.name, self._lost, **options)
+                self._link = await Link.open(self._client_url, self.names.name, self._lost, self._timeout,
+                                             **options)  # fmt: skip
                 if self._lost_logged:
                     logger.warning("%r reconnected", self)
                     self._lost_logged = False
@@ -631,8 +640,11 @@ class RabbitMQQueue(ClaimQueue):
         if link is None:
             return
         try:
-            if not link.broken:
-                await self._give_back_buffered(link)
+            if not link.broken:  # bounded: closing on a broker that stopped answering
+                await asyncio.wait_for(self._give_back_buffered(link), min(self._timeout, _CLOSE_GIVE_BACK))
+        except self.client_errors as exc:  # closing anyway: what it holds goes back counted
+            logger.warning("%r: giving back unclaimed deliveries at close failed (%s); they go back counted "
+                           "as a delivery", self, str(exc) or type(exc).__name__)  # fmt: skip
         finally:
             self._link = None
             await link.close()
