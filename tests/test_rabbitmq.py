@@ -367,6 +367,36 @@ def _stats_of(make: Callable[[], RabbitMQQueue]) -> Any:
     return asyncio.run(read())
 
 
+def test_a_server_that_accepts_the_connection_and_never_answers_fails_the_call_in_its_timeout() -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel accepts the connections; nothing is ever read or written
+    port = silent.getsockname()[1]
+
+    async def put() -> None:
+        queue = RabbitMQQueue(f"amqp://guest:guest@127.0.0.1:{port}/", name="silent", timeout=1)
+        try:
+            await queue.aput("never stored")
+        finally:
+            await queue.close()
+
+    try:
+        started = time.monotonic()
+        with pytest.raises(QueueError, match=r"did not complete the connection in 1\.0 s"):
+            asyncio.run(put())
+        assert time.monotonic() - started < 30
+    finally:
+        silent.close()
+
+
+def test_a_timeout_that_is_not_positive_is_refused() -> None:
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="timeout must be > 0 seconds"):
+            RabbitMQQueue(RABBITMQ, name="unused", timeout=bad)
+    with pytest.raises(ValueError, match="timeout must be > 0 seconds"):
+        RabbitMQQueue(RABBITMQ + "?name=unused&timeout=0")
+
+
 def _recording_processor(pause: float) -> tuple[list[Any], Callable[[list[Job[Any]]], list[Any]]]:
     """A processor taking ``pause`` seconds a batch, and the list of every job's data it processed."""
     processed: list[Any] = []
