@@ -138,6 +138,7 @@ class Link:
         self.connection = connection
         self.timeout = timeout
         self._on_lost = on_lost
+        self._gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # set once broken
         self.broken = False
         self.buffer: collections.deque[DeliveredMessage] = collections.deque()
         self.arrived = asyncio.Event()
@@ -178,19 +179,26 @@ class Link:
         return link
 
     async def _within(self, call: Awaitable[T]) -> T:
-        """``call``'s result, or the link given up once the broker has not answered in ``timeout`` s.
+        """``call``'s result; fails at once if the link breaks meanwhile, and gives the link up
+        once the broker has not answered in ``timeout`` s.
 
-        Shielded: aiormq closes a channel whose call is cancelled, and every delivery held
-        on it would go back counted.
+        A call is never cancelled here (aiormq closes a channel whose call is cancelled, and
+        every delivery held on it would go back counted); and the end of the link ends the
+        wait, because aiormq does not always fail the calls of a connection reset under them.
         """
         inner = asyncio.ensure_future(call)
         try:
-            return await asyncio.wait_for(asyncio.shield(inner), self.timeout)
-        except asyncio.TimeoutError:
-            inner.add_done_callback(_retrieve)  # it fails once the connection is closed
-            error = BrokerSilent(f"RabbitMQ did not answer in {self.timeout} s: the connection is given up")
-            self._lost(error=error)
-            raise error from None
+            await asyncio.wait((inner, self._gone), timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not inner.done():
+                inner.add_done_callback(_retrieve)  # it fails once the connection is closed
+        if inner.done():
+            return inner.result()
+        if self._gone.done():
+            raise aiormq.exceptions.ChannelInvalidStateError("the connection to RabbitMQ was lost")
+        error = BrokerSilent(f"RabbitMQ did not answer in {self.timeout} s: the connection is given up")
+        self._lost(error=error)
+        raise error
 
     def _lost(
         self, _sender: object = None, exc: BaseException | None = None, *, error: BaseException | None = None
@@ -198,6 +206,7 @@ class Link:
         if self.broken:
             return
         self.broken = True
+        self._gone.set_result(None)
         self.buffer.clear()  # the broker hands these out again
         self.arrived.set()
         self._on_lost(error or exc)
@@ -311,6 +320,8 @@ class Link:
 
     async def close(self) -> None:
         self.broken = True
+        if not self._gone.done():
+            self._gone.set_result(None)
         self.buffer.clear()
         if not self.connection.is_closed:
             await self.connection.close()
