@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiormq
 import pytest
 from backends import RABBITMQ
 from conftest import free_port, service_available
@@ -92,6 +93,31 @@ async def _until_lost(queue: RabbitMQQueue, epoch: int) -> None:
     while queue._epoch == epoch and time.monotonic() < deadline:  # noqa: ASYNC110 - set by the client
         await asyncio.sleep(0.01)
     assert queue._epoch != epoch, "the queue did not see its connection close"
+
+
+def test_a_call_left_pending_by_the_client_when_its_connection_breaks_fails_at_once(name: str) -> None:
+    """aiormq does not always fail the calls in flight on a connection reset under them; a
+    call that would never be answered (here: a future nobody sets) fails once the link
+    breaks, not after the queue's timeout."""
+
+    lost = aiormq.exceptions.ChannelInvalidStateError
+
+    async def main() -> None:
+        queue = _queue(name, timeout=60)
+        try:
+            await queue.aput("opens the link")
+            link = queue._link
+            assert link is not None
+            never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            call = asyncio.ensure_future(link._within(never))
+            await asyncio.sleep(0.1)
+            await asyncio.get_running_loop().run_in_executor(None, _close_from_server, queue)
+            with pytest.raises(lost, match="connection to RabbitMQ was lost"):
+                await asyncio.wait_for(call, 30)  # half the queue's timeout
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
 
 
 def test_a_late_ack_after_a_closed_connection_cannot_remove_the_job_redelivered_elsewhere(name: str) -> None:
