@@ -740,11 +740,6 @@ def test_a_worker_shuts_down_within_its_timeout_on_a_broker_that_stopped_answeri
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=False,
-    reason="a worker sometimes does not resume claiming after the broker restarts (1 of 6 runs here): "
-    "the jobs put after the restart stay queued",
-)
 def test_a_running_worker_loses_no_confirmed_job_to_a_broker_killed_and_restarted(
     private_broker: PrivateBroker,
 ) -> None:
