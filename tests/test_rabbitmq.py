@@ -415,11 +415,11 @@ def test_a_server_that_accepts_the_connection_and_never_answers_fails_the_call_i
         silent.close()
 
 
-def test_a_timeout_that_is_not_positive_is_refused() -> None:
-    for bad in (0, -1, float("nan")):
-        with pytest.raises(ValueError, match="timeout must be > 0 seconds"):
+def test_a_timeout_that_is_not_a_finite_positive_number_is_refused() -> None:
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="timeout must be finite and > 0"):
             RabbitMQQueue(RABBITMQ, name="unused", timeout=bad)
-    with pytest.raises(ValueError, match="timeout must be > 0 seconds"):
+    with pytest.raises(ValueError, match="timeout must be finite and > 0"):
         RabbitMQQueue(RABBITMQ + "?name=unused&timeout=0")
 
 

@@ -197,19 +197,17 @@ class Link:
         if self._gone.done():
             raise aiormq.exceptions.ChannelInvalidStateError("the connection to RabbitMQ was lost")
         error = BrokerSilent(f"RabbitMQ did not answer in {self.timeout} s: the connection is given up")
-        self._lost(error=error)
+        self._lost(self, error)
         raise error
 
-    def _lost(
-        self, _sender: object = None, exc: BaseException | None = None, *, error: BaseException | None = None
-    ) -> None:
+    def _lost(self, _sender: object = None, exc: BaseException | None = None) -> None:
         if self.broken:
             return
         self.broken = True
         self._gone.set_result(None)
         self.buffer.clear()  # the broker hands these out again
         self.arrived.set()
-        self._on_lost(error or exc)
+        self._on_lost(exc)
 
     @property
     def consume_channel(self) -> aiormq.abc.AbstractChannel:

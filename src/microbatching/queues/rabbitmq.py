@@ -38,7 +38,7 @@ from aiormq.abc import DeliveredMessage
 
 from ..errors import InvalidQueueError
 from ._amqp import Layout, Link, Publish, client_errors, delivery_count
-from ._base import ClaimQueue
+from ._base import ClaimQueue, _seconds
 from ._nats_layout import frame, unframe
 from ._registry import redact, resolve_options
 from ._serialization import DEFAULT_MAX_PAYLOAD_BYTES, Serializer
@@ -152,15 +152,13 @@ class RabbitMQQueue(ClaimQueue):
                 raise ValueError(f"{option} must be >= 0, got {options[option]!r}")
         if options["create_wait"] < 0:
             raise ValueError(f"create_wait must be >= 0 seconds, got {options['create_wait']!r}")
-        if not options["timeout"] > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {options['timeout']!r}")
         self.url = url
         self.names = Layout(options["name"], options["queue_type"], options["delivery_limit"])
         self._client_url = client_url
         self._tls = tls
         self._prefetch = int(options["prefetch"])
         self._create_wait = float(options["create_wait"])
-        self._timeout = float(options["timeout"])
+        self._timeout = _seconds("timeout", options["timeout"], positive=True)
         self._link: Link | None = None
         self._link_lock = asyncio.Lock()
         self._held: dict[int, DeliveredMessage] = {}  # delivery tag -> delivery, current epoch
