@@ -10,6 +10,7 @@ translated with the original chained), then call the queue's primitives (``_enqu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import os
@@ -272,7 +273,7 @@ class ClaimQueue(ABC):
         lease = self.lease if lease is None else _seconds("lease", lease, positive=True)
         wait = _seconds("wait", wait)
         if self.capabilities.blocking_claim or wait == 0:
-            rows = await self._call(self._claim(limit, lease, max_attempts, wait))
+            rows = await self._call(self._claim(limit, lease, max_attempts, wait), self._give_back_claimed)
         else:
             rows = await self._poll_claim(limit, lease, max_attempts, wait)
         return await self._decoded(rows)
@@ -283,7 +284,7 @@ class ClaimQueue(ABC):
         deadline = time.monotonic() + wait
         pause = _FIRST_POLL
         while True:
-            rows = await self._call(self._claim(limit, lease, max_attempts, 0.0))
+            rows = await self._call(self._claim(limit, lease, max_attempts, 0.0), self._give_back_claimed)
             left = deadline - time.monotonic()
             if rows or left <= 0:
                 return rows
@@ -430,7 +431,11 @@ class ClaimQueue(ABC):
     def _leases(self, jobs: Sequence[Job[Any]]) -> list[Lease]:
         return [job.receipt for job in jobs if self._is_live(job)]
 
-    async def _call(self, operation: Coroutine[Any, Any, T]) -> T:
+    async def _call(
+        self, operation: Coroutine[Any, Any, T], orphaned: Callable[[T], Awaitable[object]] | None = None
+    ) -> T:
+        """Run a primitive, the client's errors translated; ``orphaned`` gets a result the
+        caller, cancelled meanwhile, will never see (claimed rows to give back)."""
         # The operation runs as a task of its own: a client that cancels the futures of a
         # connection it gives up (aiormq does, when the broker stops answering or the link
         # breaks mid-call) cancels that task, not its caller.  Let through, such a
@@ -439,8 +444,11 @@ class ClaimQueue(ABC):
         try:
             await asyncio.wait((task,))
         except asyncio.CancelledError:
+            task.add_done_callback(_retrieve)  # a second cancel may leave before it ends
             task.cancel()  # the caller's own cancellation: the operation's clean-up runs first
             await asyncio.wait((task,))
+            if orphaned is not None and not task.cancelled() and task.exception() is None:
+                await orphaned(task.result())  # it had finished as the cancel came
             raise
         if task.cancelled():
             raise QueueError(scrub(f"{self!r}: the client abandoned the operation (its connection closed)",
@@ -451,6 +459,11 @@ class ClaimQueue(ABC):
         if isinstance(error, self.client_errors):
             raise QueueError(scrub(f"{self!r}: {type(error).__name__}: {error}", self.url)) from error
         raise error
+
+    async def _give_back_claimed(self, rows: list[Claimed]) -> None:
+        if rows:
+            with contextlib.suppress(Exception):  # failing that, their leases run out
+                await self._release([row.lease for row in rows])
 
     def _loads(self, data: bytes) -> Any:
         try:
@@ -534,6 +547,11 @@ def _seconds(name: str, value: object, *, positive: bool = False) -> float:
         return seconds(name, value, allow_zero=not positive)
     except TypeError as exc:  # queue options are values: one kind of error for a bad one
         raise ValueError(str(exc)) from None
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _id_key(job: Job[Any], given: bool) -> str | None:
