@@ -30,6 +30,7 @@ from microbatching.errors import InvalidQueueError, QueueError
 from microbatching.queues import open_queue
 
 try:
+    from microbatching.queues._amqp import BrokerSilent
     from microbatching.queues.rabbitmq import RabbitMQQueue
 except ImportError:
     if os.environ.get("MICROBATCHING_REQUIRE_SERVICES") == "1":
@@ -109,11 +110,79 @@ def test_a_call_left_pending_by_the_client_when_its_connection_breaks_fails_at_o
             link = queue._link
             assert link is not None
             never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            call = asyncio.ensure_future(link._within(never))
+            call = asyncio.ensure_future(link.within(never))
             await asyncio.sleep(0.1)
             await asyncio.get_running_loop().run_in_executor(None, _close_from_server, queue)
             with pytest.raises(lost, match="connection to RabbitMQ was lost"):
                 await asyncio.wait_for(call, 30)  # half the queue's timeout
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
+def test_a_call_the_broker_does_not_answer_gives_the_connection_up_and_the_next_call_opens_another(
+    name: str,
+) -> None:
+    async def main() -> None:
+        queue = _queue(name, timeout=1)
+        try:
+            await queue.aput("opens the link")
+            link, epoch = queue._link, queue._epoch
+            assert link is not None
+            never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            with pytest.raises(BrokerSilent, match=r"did not answer in 1\.0 s"):
+                await asyncio.wait_for(link.within(never), 30)
+            assert link.broken and queue._epoch == epoch + 1
+            await queue.aput("on a new connection")
+            assert queue._link is not link and not queue._link.broken
+            assert (await queue.stats()).pending == 2
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
+def _unblocked_event(link: Any) -> asyncio.Event:
+    event = link.connection.transport.connection._Connection__connection_unblocked
+    assert isinstance(event, asyncio.Event)
+    return event
+
+
+def test_the_blocked_flag_of_the_client_is_where_the_queue_reads_it(name: str) -> None:
+    """The queue reads aiormq's private connection.blocked state; this fails if it moves."""
+
+    async def main() -> None:
+        queue = _queue(name)
+        try:
+            await queue.aput("opens the link")
+            assert queue._link is not None
+            assert _unblocked_event(queue._link).is_set() and not queue._link.blocked
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
+def test_a_connection_the_broker_blocked_is_waited_out_not_given_up(name: str) -> None:
+    """Under a resource alarm the broker blocks publishing connections and reads nothing
+    from them until it lifts: their calls wait, past the timeout, and the link is kept."""
+
+    async def main() -> None:
+        queue = _queue(name, timeout=0.5)
+        try:
+            await queue.aput("opens the link")
+            link = queue._link
+            assert link is not None
+            unblocked = _unblocked_event(link)
+            unblocked.clear()  # as aiormq does on connection.blocked
+            reply: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            call = asyncio.ensure_future(link.within(reply))
+            await asyncio.sleep(2)  # four timeouts
+            assert not call.done() and not link.broken
+            unblocked.set()  # connection.unblocked: the broker reads, and answers
+            reply.set_result("answered")
+            assert await asyncio.wait_for(call, 5) == "answered"
         finally:
             await queue.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import math
 import os
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ T = TypeVar("T")
 #: 100 ms * 2**k.  A longer delay waits out the top level as often as it needs.
 _FIRST_LEVEL_MS = 100
 _LEVELS = 20  # 100 ms .. 14.6 h
+_FIRST = asyncio.FIRST_COMPLETED
 _PUBLISH_CHUNK = 2000  # publishes in flight at once, their confirms awaited together
 
 
@@ -168,8 +170,8 @@ class Link:
         link = cls(connection, on_lost, timeout)
         try:
             connection.close_callbacks.add(link._lost)
-            consume = await link._within(connection.channel(publisher_confirms=False))
-            publish = await link._within(connection.channel(publisher_confirms=True))
+            consume = await link.within(connection.channel(publisher_confirms=False))
+            publish = await link.within(connection.channel(publisher_confirms=True))
             consume.close_callbacks.add(link._lost)
             link._consume = await consume.get_underlay_channel()
             link._publish = await publish.get_underlay_channel()
@@ -178,9 +180,10 @@ class Link:
             raise
         return link
 
-    async def _within(self, call: Awaitable[T]) -> T:
+    async def within(self, call: Awaitable[T]) -> T:
         """``call``'s result; fails at once if the link breaks meanwhile, and gives the link up
-        once the broker has not answered in ``timeout`` s.
+        once the broker has not answered in ``timeout`` s (time it keeps the connection
+        blocked, under a resource alarm, does not count: it answers once the alarm lifts).
 
         A call is never cancelled here (aiormq closes a channel whose call is cancelled, and
         every delivery held on it would go back counted); and the end of the link ends the
@@ -188,17 +191,39 @@ class Link:
         """
         inner = asyncio.ensure_future(call)
         try:
-            await asyncio.wait((inner, self._gone), timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                await asyncio.wait(
+                    (inner, self._gone), timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if inner.done() or self._gone.done() or not self.blocked:
+                    break
         finally:
             if not inner.done():
                 inner.add_done_callback(_retrieve)  # it fails once the connection is closed
         if inner.done():
+            if inner.cancelled():  # by aiormq, giving the connection up
+                raise aiormq.exceptions.ChannelInvalidStateError(
+                    "the client abandoned the call: its connection closed"
+                )
             return inner.result()
         if self._gone.done():
             raise aiormq.exceptions.ChannelInvalidStateError("the connection to RabbitMQ was lost")
         error = BrokerSilent(f"RabbitMQ did not answer in {self.timeout} s: the connection is given up")
         self._lost(self, error)
         raise error
+
+    @property
+    def blocked(self) -> bool:
+        """Whether the broker blocked this connection (``connection.blocked``: a memory or disk
+        alarm); it reads nothing from it until the alarm lifts.
+
+        aiormq 6 and 7 keep this in a private event and tell it nowhere else; if it moves,
+        this reads ``False`` (a blocked connection is then given up at ``timeout``), and
+        test_the_blocked_flag_of_the_client_is_where_the_queue_reads_it fails.
+        """
+        transport = getattr(self.connection, "transport", None)
+        unblocked = getattr(getattr(transport, "connection", None), "_Connection__connection_unblocked", None)
+        return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
 
     def _lost(self, _sender: object = None, exc: BaseException | None = None) -> None:
         if self.broken:
@@ -230,7 +255,7 @@ class Link:
         The window (``basic.qos``) is per consumer; a wider one is a second consumer beside
         the first, never a restart: what the first holds stays counted.
         """
-        await self._within(self._consume_with(queue, prefetch))
+        await self.within(self._consume_with(queue, prefetch))
 
     async def _consume_with(self, queue: str, prefetch: int) -> None:
         channel = self.consume_channel
@@ -257,7 +282,7 @@ class Link:
 
     async def declared(self, queues: list[str]) -> list[tuple[int, int]]:
         """Each queue's ready messages and consumers, as a passive ``queue.declare`` tells them."""
-        return await self._within(self._declared(queues))
+        return await self.within(self._declared(queues))
 
     async def _declared(self, queues: list[str]) -> list[tuple[int, int]]:
         if self._query is None or self._query.is_closed:
@@ -275,13 +300,13 @@ class Link:
         The broker writes a channel's frames in order, and the client hands each delivery
         to its consumer before it reads the reply.
         """
-        await self._within(self.consume_channel.basic_qos(prefetch_count=self.prefetch))
+        await self.within(self.consume_channel.basic_qos(prefetch_count=self.prefetch))
 
     async def cancel(self) -> None:
         """Stop the consumers: the broker sends nothing more (what is buffered stays buffered)."""
         tags, self.consumer_tags = self.consumer_tags, []
         if tags and not self.broken:
-            await self._within(self._cancel(tags))
+            await self.within(self._cancel(tags))
 
     async def _cancel(self, tags: list[str]) -> None:
         for tag in tags:
@@ -290,7 +315,7 @@ class Link:
     async def ack(self, tags: list[int]) -> None:
         """Acknowledge ``tags`` (frames written without waiting), then one round trip confirms the
         broker read them: it handles a channel's frames in order."""
-        await self._within(self._ack(tags))
+        await self.within(self._ack(tags))
 
     async def _ack(self, tags: list[int]) -> None:
         channel = self.consume_channel
@@ -306,7 +331,7 @@ class Link:
         channel = self._publish
         for start in range(0, len(messages), _PUBLISH_CHUNK):
             chunk = messages[start : start + _PUBLISH_CHUNK]
-            confirms = await self._within(asyncio.gather(
+            confirms = await self.within(asyncio.gather(
                 *(channel.basic_publish(m.body, routing_key=m.routing_key, properties=m.properties,
                                         mandatory=True) for m in chunk)
             ))  # fmt: skip
@@ -322,7 +347,9 @@ class Link:
             self._gone.set_result(None)
         self.buffer.clear()
         if not self.connection.is_closed:
-            await self.connection.close()
+            # Bounded: on a broker that stopped answering, the close frame is never confirmed.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.connection.close()), self.timeout)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -61,7 +61,7 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
     "timeout": (float, 20.0),
 }
 #: Connection options passed on to the client (aiormq's names).
-_CLIENT_OPTIONS = ("heartbeat", "cafile", "capath", "keyfile", "certfile",
+_CLIENT_OPTIONS = ("heartbeat", "connection_timeout", "cafile", "capath", "keyfile", "certfile",
                    "no_verify_ssl", "frame_max", "channel_max")  # fmt: skip
 _ATTEMPTS, _RECOVERED, _KEY, _DUE = "mb-attempts", "mb-recovered", "mb-key", "mb-due"
 _ERROR, _TRACEBACK, _FAILED_AT = "mb-error", "mb-traceback", "mb-failed-at"
@@ -191,7 +191,7 @@ class RabbitMQQueue(ClaimQueue):
                     logger.warning("%r reconnected", self)
                     self._lost_logged = False
             if declare:
-                await self._topology(self._link)
+                await self._link.within(self._topology(self._link))
             return self._link
 
     def _lost(self, exc: BaseException | None) -> None:
@@ -561,13 +561,13 @@ class RabbitMQQueue(ClaimQueue):
         """
         ((before, _),) = await self._counts([self.names.dead])
         link = await self._connected()
-        channel = await link.connection.channel(publisher_confirms=False)
-        read = _DeadRead(await channel.get_underlay_channel())
+        channel = await link.within(link.connection.channel(publisher_confirms=False))
+        read = _DeadRead(await channel.get_underlay_channel(), link)
         try:
             await read.take(self.names.dead, _DEAD_READ_MAX if limit is None else limit, bool(before))
             yield read
         finally:
-            await channel.close()
+            await link.within(channel.close())
         await self._dead_back(before - read.acked)
 
     async def _dead_back(self, expected: int) -> None:
@@ -606,20 +606,27 @@ class RabbitMQQueue(ClaimQueue):
     async def _purge_dead(self, keys: list[str] | None) -> int:
         if keys is None:
             link = await self._connected()
-            channel = await link.connection.channel(publisher_confirms=False)
-            try:
-                raw = await channel.get_underlay_channel()
-                ok = await raw.queue_purge(self.names.dead)
-                return int(ok.message_count or 0)
-            finally:
-                await channel.close()
+            return await link.within(self._purge_all_dead(link))
         async with self._reading_dead(None) as read:
             return await read.ack(_chosen(read.found, keys))
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
+    async def _purge_all_dead(self, link: Link) -> int:
+        channel = await link.connection.channel(publisher_confirms=False)
+        try:
+            raw = await channel.get_underlay_channel()
+            ok = await raw.queue_purge(self.names.dead)
+            return int(ok.message_count or 0)
+        finally:
+            await channel.close()
+
     async def _drop(self) -> None:
         link = await self._connected(declare=False)
+        await link.within(self._delete_all(link))
+        self._topology_ready = False
+
+    async def _delete_all(self, link: Link) -> None:
         channel = await link.connection.channel(publisher_confirms=False)
         try:
             raw = await channel.get_underlay_channel()
@@ -627,7 +634,6 @@ class RabbitMQQueue(ClaimQueue):
                 await raw.queue_delete(queue)
         finally:
             await channel.close()
-        self._topology_ready = False
 
     async def _close(self) -> None:
         watch, self._idle_watch = self._idle_watch, None
@@ -645,6 +651,9 @@ class RabbitMQQueue(ClaimQueue):
                            "as a delivery", self, str(exc) or type(exc).__name__)  # fmt: skip
         finally:
             self._link = None
+            self._held.clear()  # the broker hands out again whatever is still held here
+            self._held_keys.clear()
+            self._settling.clear()
             await link.close()
 
     async def _give_back_buffered(self, link: Link) -> None:
@@ -773,8 +782,8 @@ class _Sorted:
 class _DeadRead:
     """Dead letters delivered on one channel and held there; the ones acknowledged are gone."""
 
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
+    def __init__(self, raw: Any, link: Link) -> None:
+        self.raw, self._link = raw, link
         self.found: list[DeliveredMessage] = []
         self.acked = 0
 
@@ -786,8 +795,8 @@ class _DeadRead:
             self.found.append(message)
             arrived.set()
 
-        await self.raw.basic_qos(prefetch_count=min(wanted, _DEAD_READ_MAX))
-        ok = await self.raw.basic_consume(queue, on_message, no_ack=False)
+        await self._link.within(self.raw.basic_qos(prefetch_count=min(wanted, _DEAD_READ_MAX)))
+        ok = await self._link.within(self.raw.basic_consume(queue, on_message, no_ack=False))
         while len(self.found) < wanted:
             # The count may miss dead letters another reader is just putting back: wait
             # longer for the first one when some were counted.
@@ -797,12 +806,15 @@ class _DeadRead:
                 await asyncio.wait_for(arrived.wait(), quiet)
             except asyncio.TimeoutError:
                 break
-        await self.raw.basic_cancel(ok.consumer_tag)
+        await self._link.within(self.raw.basic_cancel(ok.consumer_tag))
         del self.found[wanted:]
 
     async def ack(self, messages: list[DeliveredMessage]) -> int:
+        await self._link.within(self._ack(messages))
+        self.acked += len(messages)
+        return len(messages)
+
+    async def _ack(self, messages: list[DeliveredMessage]) -> None:
         for message in messages:
             await self.raw.basic_ack(message.delivery_tag, wait=False)
         await self.raw.basic_qos(prefetch_count=0)  # one round trip: the acknowledgements were read
-        self.acked += len(messages)
-        return len(messages)
