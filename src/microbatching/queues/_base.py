@@ -10,7 +10,6 @@ translated with the original chained), then call the queue's primitives (``_enqu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import os
@@ -18,7 +17,7 @@ import secrets
 import time
 import traceback as tb
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from .._job import Job
@@ -38,7 +37,7 @@ from ._types import (
     WorkerInfo,
 )
 
-__all__ = ["ClaimQueue", "QueueInterface", "describe_failure"]
+__all__ = ["ClaimQueue", "QueueInterface", "cancelled_here", "describe_failure"]
 
 T = TypeVar("T")
 
@@ -273,7 +272,7 @@ class ClaimQueue(ABC):
         lease = self.lease if lease is None else _seconds("lease", lease, positive=True)
         wait = _seconds("wait", wait)
         if self.capabilities.blocking_claim or wait == 0:
-            rows = await self._call(self._claim(limit, lease, max_attempts, wait), self._give_back_claimed)
+            rows = await self._call(self._claim(limit, lease, max_attempts, wait))
         else:
             rows = await self._poll_claim(limit, lease, max_attempts, wait)
         return await self._decoded(rows)
@@ -284,7 +283,7 @@ class ClaimQueue(ABC):
         deadline = time.monotonic() + wait
         pause = _FIRST_POLL
         while True:
-            rows = await self._call(self._claim(limit, lease, max_attempts, 0.0), self._give_back_claimed)
+            rows = await self._call(self._claim(limit, lease, max_attempts, 0.0))
             left = deadline - time.monotonic()
             if rows or left <= 0:
                 return rows
@@ -431,39 +430,18 @@ class ClaimQueue(ABC):
     def _leases(self, jobs: Sequence[Job[Any]]) -> list[Lease]:
         return [job.receipt for job in jobs if self._is_live(job)]
 
-    async def _call(
-        self, operation: Coroutine[Any, Any, T], orphaned: Callable[[T], Awaitable[object]] | None = None
-    ) -> T:
-        """Run a primitive, the client's errors translated; ``orphaned`` gets a result the
-        caller, cancelled meanwhile, will never see (claimed rows to give back)."""
-        # The operation runs as a task of its own: a client that cancels the futures of a
-        # connection it gives up (aiormq does, when the broker stops answering or the link
-        # breaks mid-call) cancels that task, not its caller.  Let through, such a
-        # cancellation would end a worker's claim loop as if it were shutting down.
-        task = asyncio.ensure_future(operation)
+    async def _call(self, operation: Awaitable[T]) -> T:
         try:
-            await asyncio.wait((task,))
+            return await operation
+        except self.client_errors as exc:
+            raise QueueError(scrub(f"{self!r}: {type(exc).__name__}: {exc}", self.url)) from exc
         except asyncio.CancelledError:
-            task.add_done_callback(_retrieve)  # a second cancel may leave before it ends
-            task.cancel()  # the caller's own cancellation: the operation's clean-up runs first
-            await asyncio.wait((task,))
-            if orphaned is not None and not task.cancelled() and task.exception() is None:
-                await orphaned(task.result())  # it had finished as the cancel came
-            raise
-        if task.cancelled():
-            raise QueueError(scrub(f"{self!r}: the client abandoned the operation (its connection closed)",
-                                   self.url))  # fmt: skip
-        error = task.exception()
-        if error is None:
-            return task.result()
-        if isinstance(error, self.client_errors):
-            raise QueueError(scrub(f"{self!r}: {type(error).__name__}: {error}", self.url)) from error
-        raise error
-
-    async def _give_back_claimed(self, rows: list[Claimed]) -> None:
-        if rows:
-            with contextlib.suppress(Exception):  # failing that, their leases run out
-                await self._release([row.lease for row in rows])
+            # A client that gives a connection up may cancel the calls on it (aiormq does):
+            # that is its error, not a cancellation of the caller, which it would end.
+            if cancelled_here():
+                raise
+            abandoned = f"{self!r}: the client abandoned the operation (its connection closed)"
+            raise QueueError(scrub(abandoned, self.url)) from None
 
     def _loads(self, data: bytes) -> Any:
         try:
@@ -549,9 +527,12 @@ def _seconds(name: str, value: object, *, positive: bool = False) -> float:
         raise ValueError(str(exc)) from None
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+def cancelled_here() -> bool:
+    """Whether the running task was asked to cancel.  Before Python 3.11 a task cannot tell,
+    and every cancellation is taken for its own."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or bool(cancelling())
 
 
 def _id_key(job: Job[Any], given: bool) -> str | None:
