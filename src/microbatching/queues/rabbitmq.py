@@ -79,7 +79,6 @@ _IDLE = 1.0  # seconds without a claim after which a handle gives back what it w
 #: Seconds a handle stopping its consumers waits at most for the deliveries on their way to it.
 _QUIESCE = 2.0
 _QUIESCE_POLL = 0.005  # seconds between looks while the broker is still filling the window
-_CLOSE_GIVE_BACK = 5.0  # seconds a closing handle spends at most giving back what it was pushed
 
 
 #: The open handles of this process, for the in-flight count (see ``_local_in_flight``).
@@ -167,6 +166,7 @@ class RabbitMQQueue(ClaimQueue):
         self._topology_ready = False
         self._lost_logged = False
         self._idle_watch: asyncio.Task[None] | None = None
+        self._idle_giving_back = False  # the idle watch is between storing copies and acknowledging
         _HANDLES.add(self)
 
     def _clone(self) -> RabbitMQQueue:
@@ -395,10 +395,13 @@ class RabbitMQQueue(ClaimQueue):
             if link is None or link.broken or not link.consuming:
                 continue
             if time.monotonic() - link.last_claim >= _IDLE:
+                self._idle_giving_back = True
                 try:
                     await self._give_back_buffered(link)
                 except self.client_errors as exc:
                     logger.warning("%r: giving back unclaimed deliveries failed (%s)", self, exc)
+                finally:
+                    self._idle_giving_back = False
 
     def _lease(self, delivery: DeliveredMessage) -> Lease:
         headers = delivery.header.properties.headers or {}
@@ -638,14 +641,15 @@ class RabbitMQQueue(ClaimQueue):
     async def _close(self) -> None:
         watch, self._idle_watch = self._idle_watch, None
         if watch is not None:
-            watch.cancel()
+            if not self._idle_giving_back:  # cut between its copies and its acks, it would duplicate
+                watch.cancel()  # otherwise it ends once its give-back is done: the handle is closed
             await asyncio.gather(watch, return_exceptions=True)
         link = self._link
         if link is None:
             return
         try:
-            if not link.broken:  # bounded: closing on a broker that stopped answering
-                await asyncio.wait_for(self._give_back_buffered(link), min(self._timeout, _CLOSE_GIVE_BACK))
+            if not link.broken:  # each exchange bounded by the timeout, as always
+                await self._give_back_buffered(link)
         except self.client_errors as exc:  # closing anyway: what it holds goes back counted
             logger.warning("%r: giving back unclaimed deliveries at close failed (%s); they go back counted "
                            "as a delivery", self, str(exc) or type(exc).__name__)  # fmt: skip
