@@ -822,7 +822,8 @@ def test_a_running_worker_loses_no_confirmed_job_to_a_broker_killed_and_restarte
     confirmed: list[int] = []
     stop = threading.Event()
     url = private_broker.url
-    producer = threading.Thread(target=lambda: asyncio.run(_produce(url, name, confirmed, stop)))
+    died: list[BaseException] = []
+    producer = _producing(url, name, confirmed, stop, died)
     worker = MicroBatching(RabbitMQQueue(url, name=name), process, batch_size=batch_size,
                            batch_interval=0.01)  # fmt: skip
     worker.start()
@@ -854,6 +855,7 @@ def test_a_running_worker_loses_no_confirmed_job_to_a_broker_killed_and_restarte
     print(f"\nBROKER RESTART FIGURES confirmed={len(confirmed)} processed={len(processed)} "
           f"lost={len(lost)} duplicates={duplicates} duplicate_bound={bound} "
           f"restart_seconds={restarted_after:.1f}")  # fmt: skip
+    assert not died, f"the producer stopped: {died!r}"
     assert not lost
     assert duplicates <= bound
 

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from .._job import Job
 from ..errors import JobCancelledError, QueueError
-from ..queues._base import cancelled_here
 from ..queues._types import Lease, Message
 from .base import Adapter
 
@@ -141,15 +140,6 @@ class ClaimAdapter(Adapter):
                     break
             except Exception as exc:  # the loop outlives any failure: a dead one strands every job
                 self._claim_failed(exc)
-                await asyncio.sleep(_ERROR_BACKOFF)
-            except asyncio.CancelledError:
-                if self._closing or cancelled_here():
-                    raise
-                # A client cancelled its own call (aiormq does, giving a connection up), not
-                # this loop: let through, it would end the loop as if shutting down.
-                self._claim_failed(
-                    QueueError(f"{self.queue!r}: the client abandoned a call (its connection closed)")
-                )
                 await asyncio.sleep(_ERROR_BACKOFF)
         self._let_go_of_queued()
 

@@ -34,7 +34,6 @@ T = TypeVar("T")
 #: 100 ms * 2**k.  A longer delay waits out the top level as often as it needs.
 _FIRST_LEVEL_MS = 100
 _LEVELS = 20  # 100 ms .. 14.6 h
-_FIRST = asyncio.FIRST_COMPLETED
 _PUBLISH_CHUNK = 2000  # publishes in flight at once, their confirms awaited together
 
 
