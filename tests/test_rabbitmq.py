@@ -318,6 +318,91 @@ def test_dead_letters_just_listed_are_counted_at_once(name: str) -> None:
     asyncio.run(main())
 
 
+async def _ready_once_taken_back(name: str, queue_name: str) -> int:
+    """``queue_name``'s ready messages once the broker has taken back what closed channels held.
+
+    It takes back a channel's deliveries in the same step that removes its consumers.
+    """
+    probe = _queue(name)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            ((ready, consumers),) = await probe._counts([queue_name])
+            if consumers == 0 or time.monotonic() > deadline:
+                return ready
+            await asyncio.sleep(0.02)
+    finally:
+        await probe.close()
+
+
+# RabbitMQ hands a channel's quorum-queue acknowledgements on at most 32 commands at a
+# time (quorum_commands_soft_limit) and keeps the rest until the queue has applied earlier
+# ones; a channel closed meanwhile drops what it kept, and those jobs come back.  Each test
+# repeats the close a few times: the broker is fast enough to beat the close in most runs.
+_CLOSE_ROUNDS = 8
+
+
+@pytest.mark.parametrize("order", ["in_delivery_order", "out_of_delivery_order"])
+def test_jobs_acknowledged_just_before_the_handle_closes_do_not_come_back(name: str, order: str) -> None:
+    async def main() -> None:
+        for _ in range(_CLOSE_ROUNDS):
+            queue = _queue(name, prefetch=150)
+            try:
+                await queue.aput_many(range(150))
+                jobs = await _claim(queue, 150)
+                assert len(jobs) == 150
+                if order == "in_delivery_order":
+                    assert await queue.ack(jobs) == 150
+                else:
+                    assert await queue.ack(jobs[75:]) + await queue.ack(jobs[:75]) == 150
+            finally:
+                await queue.close()
+            assert await _ready_once_taken_back(name, name) == 0
+
+    asyncio.run(main())
+
+
+def test_a_closing_handle_gives_back_its_unclaimed_deliveries_exactly_once(name: str) -> None:
+    async def main() -> None:
+        for _ in range(_CLOSE_ROUNDS):
+            queue = _queue(name, prefetch=150)
+            try:
+                await queue.aput_many(range(150))
+                jobs = await _claim(queue, 50)  # the broker pushed 150: 100 wait unclaimed
+                assert len(jobs) == 50
+                assert await queue.ack(jobs) == 50
+            finally:
+                await queue.close()  # gives the 100 back: a copy stored, the original acknowledged
+            assert await _ready_once_taken_back(name, name) == 100
+            drain = _queue(name)
+            try:
+                back = await _claim(drain, 100)
+                assert [job.attempts for job in back] == [1] * 100  # given back unspent
+                assert await drain.ack(back) == 100
+            finally:
+                await drain.close()
+
+    asyncio.run(main())
+
+
+def test_dead_letters_picked_by_key_are_removed_for_good(name: str) -> None:
+    async def main() -> None:
+        queue = _queue(name)
+        try:
+            for _ in range(_CLOSE_ROUNDS):
+                await queue.aput_many(range(80))
+                jobs = await _claim(queue, 80)
+                assert await queue.dead_letter([(job, "ValueError: bad") for job in jobs]) == 80
+                dead = await queue.dead_letters(limit=1000)
+                # Every other one: the listing channel acknowledges them one by one.
+                assert await queue.purge_dead([d.key for d in dead[::2]]) == len(dead[::2])
+                assert await _ready_once_taken_back(name, queue.names.dead) == len(dead[1::2])
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
 def test_put_returns_once_the_broker_has_the_jobs_and_refuses_what_it_cannot_route(name: str) -> None:
     async def main() -> None:
         queue, counter = _queue(name), _queue(name)

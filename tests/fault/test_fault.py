@@ -167,15 +167,7 @@ def test_a_job_that_kills_its_worker_reaches_the_dead_letters(fault_run: FaultRu
 
 
 @pytest.mark.timeout(60)
-def test_sigterm_with_batches_in_flight_drains_cleanly(
-    fault_run: FaultRun, request: pytest.FixtureRequest
-) -> None:
-    if fault_run.url.startswith("amqp"):
-        twice = (
-            "on RabbitMQ, in about 1 run of 4 here, some jobs a worker gives back as it exits are "
-            "in the queue twice afterwards (its copies stored, the originals back too); none is lost"
-        )
-        request.applymarker(pytest.mark.xfail(strict=False, reason=twice))
+def test_sigterm_with_batches_in_flight_drains_cleanly(fault_run: FaultRun) -> None:
     jobs = 3_000
     fault_run.enqueue(range(jobs))
     worker = fault_run.worker(*BATCH, "--concurrency", "2", FAULT_SLEEP="0.2")

@@ -15,7 +15,8 @@ import collections
 import contextlib
 import math
 import os
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -26,7 +27,10 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands
 from pamqp.common import FieldTable
 
-__all__ = ["BrokerRefused", "BrokerSilent", "Layout", "Link", "Publish", "client_errors", "delivery_count"]
+__all__ = [
+    "Acknowledgements", "BrokerRefused", "BrokerSilent", "Layout", "Link", "Publish", "client_errors",
+    "delivery_count",
+]  # fmt: skip
 
 T = TypeVar("T")
 
@@ -35,6 +39,11 @@ T = TypeVar("T")
 _FIRST_LEVEL_MS = 100
 _LEVELS = 20  # 100 ms .. 14.6 h
 _PUBLISH_CHUNK = 2000  # publishes in flight at once, their confirms awaited together
+#: The acknowledgement frames a channel passes on to a quorum queue before it waits for the
+#: queue to apply them (the broker's ``quorum_commands_soft_limit``, 32 by default).
+_BROKER_PASSES_ON = 32
+#: Time the broker is given to apply acknowledgements it kept back, before their channel closes.
+_SETTLE_GRACE = 0.5
 
 
 class BrokerRefused(Exception):
@@ -122,6 +131,77 @@ def delivery_count(message: DeliveredMessage) -> int:
     return count if isinstance(count, int) else 0
 
 
+class Acknowledgements:
+    """The acknowledgements of one channel, written in as few frames as they can be.
+
+    RabbitMQ turns each ``basic.ack`` frame on a quorum queue into a command to the queue,
+    passes at most 32 unapplied ones on (``quorum_commands_soft_limit``) and keeps the
+    rest until the queue has applied earlier ones; a channel closed meanwhile drops what
+    it kept, and those messages come back, their jobs to run again.  One ``multiple``
+    frame acknowledges a run of the channel's oldest deliveries, so whatever is settled in
+    delivery order costs one command; deliveries settled out of order take a frame each,
+    and :meth:`applied` gives the broker the time to pass them on before the channel closes.
+
+    A ``multiple`` frame covers every delivery of the channel up to its tag, so the run
+    stops at a tag held for another settle, or at one never seen here (a delivery the
+    client dropped, for a consumer it had already cancelled): that one is not acknowledged.
+    """
+
+    def __init__(self) -> None:
+        self._unsettled: set[int] = set()  # tags delivered here and not yet acknowledged
+        self._highest = 0  # the highest tag delivered here
+        self._floor = 1  # every tag below it is acknowledged
+        self._above_floor: set[int] = set()  # acknowledged one by one, above the floor
+        self._runs_stopped = False  # a tag never seen here: from now on, a frame each
+        self._written: collections.deque[tuple[float, int]] = collections.deque()  # (when, frames)
+        self._lock = asyncio.Lock()  # frames leave in the order they were planned
+
+    def delivered(self, tag: int) -> None:
+        self._unsettled.add(tag)
+        self._highest = max(self._highest, tag)
+
+    async def write(self, channel: aiormq.abc.AbstractChannel, tags: Iterable[int]) -> None:
+        """Acknowledge ``tags`` (delivered here) without waiting for the broker."""
+        async with self._lock:
+            run_end, singles = self._plan(tags)
+            if run_end is not None:
+                await channel.basic_ack(run_end, multiple=True, wait=False)
+            for tag in singles:
+                await channel.basic_ack(tag, wait=False)
+            now = time.monotonic()
+            self._written.append((now, len(singles) + (run_end is not None)))
+            while now - self._written[0][0] > _SETTLE_GRACE:
+                self._written.popleft()
+
+    def _plan(self, tags: Iterable[int]) -> tuple[int | None, list[int]]:
+        """The last tag of the run from the floor that one ``multiple`` frame acknowledges (or
+        ``None``), and the tags acknowledged one by one."""
+        settling = self._unsettled.intersection(tags)
+        self._unsettled.difference_update(settling)
+        if self._runs_stopped:
+            return None, sorted(settling)
+        end = self._floor
+        while end in settling or end in self._above_floor:
+            self._above_floor.discard(end)
+            end += 1
+        run = [tag for tag in settling if tag < end]
+        singles = sorted(tag for tag in settling if tag >= end)
+        self._floor = end
+        if end <= self._highest and end not in self._unsettled:  # never delivered to a consumer here
+            self._runs_stopped, self._above_floor = True, set()
+        else:
+            self._above_floor.update(singles)
+        return (max(run) if run else None), singles
+
+    async def applied(self) -> None:
+        """Return once the broker has had the time to pass on every acknowledgement written:
+        at once, unless more frames than it passes on at a time were written just now."""
+        now = time.monotonic()
+        recent = [(at, frames) for at, frames in self._written if now - at < _SETTLE_GRACE]
+        if sum(frames for _, frames in recent) > _BROKER_PASSES_ON:
+            await asyncio.sleep(recent[-1][0] + _SETTLE_GRACE - now)
+
+
 class Link:
     """One connection to the broker: a consuming channel and a confirming publishing channel.
 
@@ -149,6 +229,7 @@ class Link:
         self.window: set[int] = set()
         #: Deliveries received on this link so far (a barrier compares it before and after).
         self.delivered = 0
+        self.acks = Acknowledgements()  # of the consuming channel
         self.last_claim = 0.0
         self._consume: aiormq.abc.AbstractChannel | None = None
         self._publish: aiormq.abc.AbstractChannel | None = None
@@ -269,6 +350,7 @@ class Link:
         if not self.broken:
             self.delivered += 1
             self.window.add(int(message.delivery_tag or 0))
+            self.acks.delivered(int(message.delivery_tag or 0))
             self.buffer.append(message)
             self.arrived.set()
 
@@ -318,9 +400,8 @@ class Link:
 
     async def _ack(self, tags: list[int]) -> None:
         channel = self.consume_channel
-        for tag in tags:
-            self.window.discard(tag)
-            await channel.basic_ack(tag, wait=False)
+        self.window.difference_update(tags)
+        await self.acks.write(channel, tags)
         await channel.basic_qos(prefetch_count=self.prefetch)
 
     async def publish_all(self, messages: list[Publish]) -> None:
@@ -346,6 +427,7 @@ class Link:
             self._gone.set_result(None)
         self.buffer.clear()
         if not self.connection.is_closed:
+            await self.acks.applied()
             # Bounded: on a broker that stopped answering, the close frame is never confirmed.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.connection.close()), self.timeout)

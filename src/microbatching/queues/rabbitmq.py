@@ -37,7 +37,7 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 
 from ..errors import InvalidQueueError
-from ._amqp import Layout, Link, Publish, client_errors, delivery_count
+from ._amqp import Acknowledgements, Layout, Link, Publish, client_errors, delivery_count
 from ._base import ClaimQueue, _seconds
 from ._nats_layout import frame, unframe
 from ._registry import redact, resolve_options
@@ -570,6 +570,7 @@ class RabbitMQQueue(ClaimQueue):
             await read.take(self.names.dead, _DEAD_READ_MAX if limit is None else limit, bool(before))
             yield read
         finally:
+            await read.acks.applied()
             await link.within(channel.close())
         await self._dead_back(before - read.acked)
 
@@ -790,12 +791,14 @@ class _DeadRead:
         self.raw, self._link = raw, link
         self.found: list[DeliveredMessage] = []
         self.acked = 0
+        self.acks = Acknowledgements()
 
     async def take(self, queue: str, wanted: int, any_ready: bool) -> None:
         """Receive up to ``wanted`` deliveries from ``queue``; stop once none came for a moment."""
         arrived = asyncio.Event()
 
         async def on_message(message: DeliveredMessage) -> None:
+            self.acks.delivered(_tag(message))
             self.found.append(message)
             arrived.set()
 
@@ -819,6 +822,5 @@ class _DeadRead:
         return len(messages)
 
     async def _ack(self, messages: list[DeliveredMessage]) -> None:
-        for message in messages:
-            await self.raw.basic_ack(message.delivery_tag, wait=False)
+        await self.acks.write(self.raw, map(_tag, messages))
         await self.raw.basic_qos(prefetch_count=0)  # one round trip: the acknowledgements were read
