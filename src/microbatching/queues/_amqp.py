@@ -281,7 +281,9 @@ class Link:
             if not inner.done():
                 inner.add_done_callback(_retrieve)  # it fails once the connection is closed
         if inner.done():
-            if inner.cancelled():  # by aiormq, giving the connection up
+            # Cancelled by aiormq, giving the connection up (a gather of calls it cancelled
+            # finishes with the CancelledError as its exception instead).
+            if inner.cancelled() or isinstance(inner.exception(), asyncio.CancelledError):
                 raise aiormq.exceptions.ChannelInvalidStateError(
                     "the client abandoned the call: its connection closed"
                 )

@@ -1,4 +1,5 @@
-"""How the RabbitMQ queue writes its acknowledgements, against a model of a broker channel.
+"""The RabbitMQ queue's AMQP plumbing without a broker: its acknowledgements against a model
+of a broker channel, and how a call the client abandons reaches the caller.
 
 A ``multiple`` frame settles every outstanding delivery of the channel up to its tag, and a
 tag that is not outstanding closes the channel: the frames must settle exactly the
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,8 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 try:
+    from aiormq.exceptions import ChannelInvalidStateError
+
     from microbatching.queues import _amqp
-    from microbatching.queues._amqp import Acknowledgements
+    from microbatching.queues._amqp import Acknowledgements, Link
 except ImportError:
     if os.environ.get("MICROBATCHING_REQUIRE_SERVICES") == "1":
         raise
@@ -129,3 +133,21 @@ def test_closing_waits_only_after_more_frames_than_the_broker_passes_on_at_once(
         return time.monotonic() - started
 
     assert asyncio.run(main()) >= _amqp._SETTLE_GRACE * 0.9
+
+
+def test_calls_the_client_cancelled_fail_as_a_closed_channel_not_as_a_cancellation() -> None:
+    # aiormq cancels the calls of a connection it gives up; a gather of such calls does not
+    # end cancelled but with the CancelledError as its exception.  Either way the caller
+    # must get a client error, not a cancellation that would end its task.
+    async def main() -> list[str]:
+        link = Link(SimpleNamespace(), lambda exc: None, timeout=5)  # type: ignore[arg-type]
+        seen = []
+        for wrap in (asyncio.ensure_future, asyncio.gather):
+            call = asyncio.get_running_loop().create_future()
+            call.cancel()
+            with pytest.raises(ChannelInvalidStateError, match="abandoned") as raised:
+                await link.within(wrap(call))
+            seen.append(str(raised.value))
+        return seen
+
+    assert len(asyncio.run(main())) == 2
