@@ -424,12 +424,13 @@ class Link:
                     )
 
     async def close(self) -> None:
-        self.broken = True
+        lost, self.broken = self.broken, True
         if not self._gone.done():
             self._gone.set_result(None)
         self.buffer.clear()
         if not self.connection.is_closed:
-            await self.acks.applied()
+            if not lost:  # on a lost link, whatever was not applied goes back anyway
+                await self.acks.applied()
             # Bounded: on a broker that stopped answering, the close frame is never confirmed.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.connection.close()), self.timeout)
