@@ -319,18 +319,18 @@ def test_dead_letters_just_listed_are_counted_at_once(name: str) -> None:
 
 
 async def _ready_once_taken_back(name: str, queue_name: str) -> int:
-    """``queue_name``'s ready messages once the broker has taken back what closed channels held.
-
-    It takes back a channel's deliveries in the same step that removes its consumers.
-    """
+    """``queue_name``'s ready messages once the broker has taken back what closed channels held:
+    no consumer left, and the count unchanged over a quarter of a second."""
     probe = _queue(name)
     try:
-        deadline = time.monotonic() + 10
-        while True:
+        deadline, counts = time.monotonic() + 10, []
+        while time.monotonic() < deadline:
             ((ready, consumers),) = await probe._counts([queue_name])
-            if consumers == 0 or time.monotonic() > deadline:
-                return ready
-            await asyncio.sleep(0.02)
+            counts = [*counts, ready] if consumers == 0 else []
+            if len(counts) > 5 and len(set(counts[-6:])) == 1:
+                break
+            await asyncio.sleep(0.05)
+        return counts[-1] if counts else -1
     finally:
         await probe.close()
 
