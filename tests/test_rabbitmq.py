@@ -394,7 +394,7 @@ def test_dead_letters_picked_by_key_are_removed_for_good(name: str) -> None:
                 jobs = await _claim(queue, 80)
                 assert await queue.dead_letter([(job, "ValueError: bad") for job in jobs]) == 80
                 dead = await queue.dead_letters(limit=1000)
-                # Every other one: the listing channel acknowledges them one by one.
+                # Every other one: the purge's reading channel acknowledges them a frame each.
                 assert await queue.purge_dead([d.key for d in dead[::2]]) == len(dead[::2])
                 assert await _ready_once_taken_back(name, queue.names.dead) == len(dead[1::2])
         finally:

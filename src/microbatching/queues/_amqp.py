@@ -138,25 +138,26 @@ class Acknowledgements:
     passes at most 32 unapplied ones on (``quorum_commands_soft_limit``) and keeps the
     rest until the queue has applied earlier ones; a channel closed meanwhile drops what
     it kept, and those messages come back, their jobs to run again.  One ``multiple``
-    frame acknowledges a run of the channel's oldest deliveries, so whatever is settled in
-    delivery order costs one command; deliveries settled out of order take a frame each,
-    and :meth:`applied` gives the broker the time to pass them on before the channel closes.
+    frame acknowledges every delivery of the channel up to its tag, so what is settled in
+    delivery order costs one command; deliveries settled ahead of older ones still held
+    take a frame each, and :meth:`grace_before_close` gives the broker the time to pass
+    those on before the channel closes.
 
-    A ``multiple`` frame covers every delivery of the channel up to its tag, so the run
-    stops at a tag held for another settle, or at one never seen here (a delivery the
-    client dropped, for a consumer it had already cancelled): that one is not acknowledged.
+    A ``multiple`` frame stops below the oldest delivery still held, and below a tag never
+    seen here (a delivery the client dropped, for a consumer it had already cancelled): it
+    never acknowledges what nobody asked to.
     """
 
     def __init__(self) -> None:
         self._unsettled: set[int] = set()  # tags delivered here and not yet acknowledged
         self._highest = 0  # the highest tag delivered here
-        self._floor = 1  # every tag below it is acknowledged
-        self._above_floor: set[int] = set()  # acknowledged one by one, above the floor
-        self._runs_stopped = False  # a tag never seen here: from now on, a frame each
+        self._first_unseen: int | None = None  # the lowest tag below it never delivered here
         self._written: collections.deque[tuple[float, int]] = collections.deque()  # (when, frames)
         self._lock = asyncio.Lock()  # frames leave in the order they were planned
 
     def delivered(self, tag: int) -> None:
+        if tag > self._highest + 1 and self._first_unseen is None:
+            self._first_unseen = self._highest + 1
         self._unsettled.add(tag)
         self._highest = max(self._highest, tag)
 
@@ -174,32 +175,32 @@ class Acknowledgements:
                 self._written.popleft()
 
     def _plan(self, tags: Iterable[int]) -> tuple[int | None, list[int]]:
-        """The last tag of the run from the floor that one ``multiple`` frame acknowledges (or
-        ``None``), and the tags acknowledged one by one."""
+        """The tag of the ``multiple`` frame (or ``None``) and the tags acknowledged one by one.
+
+        The tags count as acknowledged from here on: frames that fail to leave mean a closed
+        channel, which hands every delivery out again anyway.
+        """
         settling = self._unsettled.intersection(tags)
         self._unsettled.difference_update(settling)
-        if self._runs_stopped:
-            return None, sorted(settling)
-        end = self._floor
-        while end in settling or end in self._above_floor:
-            self._above_floor.discard(end)
-            end += 1
+        # Every tag below ``end`` is acknowledged by now, or about to be.
+        end = min(self._unsettled, default=self._highest + 1)
+        if self._first_unseen is not None:
+            end = min(end, self._first_unseen)
         run = [tag for tag in settling if tag < end]
         singles = sorted(tag for tag in settling if tag >= end)
-        self._floor = end
-        if end <= self._highest and end not in self._unsettled:  # never delivered to a consumer here
-            self._runs_stopped, self._above_floor = True, set()
-        else:
-            self._above_floor.update(singles)
         return (max(run) if run else None), singles
 
-    async def applied(self) -> None:
-        """Return once the broker has had the time to pass on every acknowledgement written:
-        at once, unless more frames than it passes on at a time were written just now."""
-        now = time.monotonic()
-        recent = [(at, frames) for at, frames in self._written if now - at < _SETTLE_GRACE]
-        if sum(frames for _, frames in recent) > _BROKER_PASSES_ON:
-            await asyncio.sleep(recent[-1][0] + _SETTLE_GRACE - now)
+    async def grace_before_close(self) -> None:
+        """Wait, before the channel closes, for the broker to pass on every acknowledgement
+        written: at once, unless more frames than it passes on at a time went out just now.
+
+        A wait for a time, not a signal: AMQP tells a client nothing of it.
+        """
+        async with self._lock:  # a write under way is counted
+            now = time.monotonic()
+            recent = [(at, frames) for at, frames in self._written if now - at < _SETTLE_GRACE]
+            if sum(frames for _, frames in recent) > _BROKER_PASSES_ON:
+                await asyncio.sleep(recent[-1][0] + _SETTLE_GRACE - now)
 
 
 class Link:
@@ -430,7 +431,7 @@ class Link:
         self.buffer.clear()
         if not self.connection.is_closed:
             if not lost:  # on a lost link, whatever was not applied goes back anyway
-                await self.acks.applied()
+                await self.acks.grace_before_close()
             # Bounded: on a broker that stopped answering, the close frame is never confirmed.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.connection.close()), self.timeout)

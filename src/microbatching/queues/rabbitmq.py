@@ -570,7 +570,7 @@ class RabbitMQQueue(ClaimQueue):
             await read.take(self.names.dead, _DEAD_READ_MAX if limit is None else limit, bool(before))
             yield read
         finally:
-            await read.acks.applied()
+            await read.acks.grace_before_close()
             await link.within(channel.close())
         await self._dead_back(before - read.acked)
 
