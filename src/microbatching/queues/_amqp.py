@@ -16,7 +16,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -351,11 +351,21 @@ class Link:
 
     async def _delivered(self, message: DeliveredMessage) -> None:
         if not self.broken:
+            tag = int(message.delivery_tag or 0)
             self.delivered += 1
-            self.window.add(int(message.delivery_tag or 0))
-            self.acks.delivered(int(message.delivery_tag or 0))
+            self.window.add(tag)
+            self.acks.delivered(tag)
             self.buffer.append(message)
             self.arrived.set()
+
+    @contextlib.asynccontextmanager
+    async def own_channel(self) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+        """A channel of its own for one administrative exchange (purge, delete), closed after."""
+        channel = await self.connection.channel(publisher_confirms=False)
+        try:
+            yield await channel.get_underlay_channel()
+        finally:
+            await channel.close()
 
     async def ready_counts(self, queues: list[str]) -> list[int]:
         """The ready messages of each queue (a passive ``queue.declare``: the broker's own count).

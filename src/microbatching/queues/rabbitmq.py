@@ -617,13 +617,9 @@ class RabbitMQQueue(ClaimQueue):
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def _purge_all_dead(self, link: Link) -> int:
-        channel = await link.connection.channel(publisher_confirms=False)
-        try:
-            raw = await channel.get_underlay_channel()
+        async with link.own_channel() as raw:
             ok = await raw.queue_purge(self.names.dead)
             return int(ok.message_count or 0)
-        finally:
-            await channel.close()
 
     async def _drop(self) -> None:
         link = await self._connected(declare=False)
@@ -631,13 +627,9 @@ class RabbitMQQueue(ClaimQueue):
         self._topology_ready = False
 
     async def _delete_all(self, link: Link) -> None:
-        channel = await link.connection.channel(publisher_confirms=False)
-        try:
-            raw = await channel.get_underlay_channel()
+        async with link.own_channel() as raw:
             for queue in self.names.all_queues:
                 await raw.queue_delete(queue)
-        finally:
-            await channel.close()
 
     async def _close(self) -> None:
         watch, self._idle_watch = self._idle_watch, None
