@@ -30,6 +30,7 @@ from redis_servers import PrivateRedis
 from microbatching import AsyncMicroBatching, Job
 from microbatching.errors import InvalidQueueError, MicroBatchingError, QueueError
 from microbatching.queues import open_queue
+from microbatching.queues._redis_scripts import KEYS
 
 REDIS = next(backend for backend in BACKENDS if backend.name == "redis")
 SHARED = "redis://127.0.0.1:6379/0"
@@ -212,7 +213,7 @@ def test_drop_deletes_every_key_the_queue_made(name: str, url: str) -> None:
             await queue.ack(jobs[:2])
             await queue.retry(jobs[2:3], [60.0])
             await queue.dead_letter([(jobs[3], "ValueError: no")])
-            assert len(await _keys(name)) == 8
+            assert len(await _keys(name)) == 9
             await queue.drop()
             assert await _keys(name) == []
         finally:
@@ -553,10 +554,10 @@ def test_dropped_connections_mid_run_lose_nothing_and_ack_nothing_twice(
             return [None] * len(batch)
 
         queue: Any = open_queue(url, lease=1.0)
-        kills = 0
+        kills, give_up = 0, time.monotonic() + 40  # a job gone missing fails below, not by a timeout
         async with AsyncMicroBatching(queue, process, batch_size=50, batch_interval=0.005):
             async for admin in _raw():
-                while len(seen) < jobs:
+                while len(seen) < jobs and time.monotonic() < give_up:
                     await asyncio.sleep(0.1)
                     for client in await admin.client_list():
                         if client["name"] == queue.consumer:
@@ -564,7 +565,7 @@ def test_dropped_connections_mid_run_lose_nothing_and_ack_nothing_twice(
                             kills += 1
                 while True:  # what a kill left claimed comes back after its lease
                     stats = await producer_stats(url)
-                    if stats.done == jobs or stats.pending + stats.in_flight == 0:
+                    if stats.pending + stats.in_flight == 0 or time.monotonic() > give_up:
                         break
                     await asyncio.sleep(0.1)
         return kills, sum(seen.values()) - len(seen), await producer_stats(url)
@@ -577,6 +578,112 @@ def test_dropped_connections_mid_run_lose_nothing_and_ack_nothing_twice(
     assert stats.done == jobs  # every job acknowledged, none twice
     assert (stats.pending, stats.in_flight, stats.dead) == (0, 0, 0)
     assert 1 <= len(lost_lines) <= kills  # once per outage, never per job
+
+
+def test_a_claim_whose_reply_was_lost_gets_the_same_jobs_when_it_is_repeated(url: str) -> None:
+    # The server ran the claim and the connection dropped before its reply came back: the
+    # repeated claim must hand over those jobs (not lease them to nobody until the lease
+    # runs out, spending an attempt, which with one attempt buries a job no one ran).
+    async def main() -> None:
+        queue: Any = open_queue(url, lease=30.0)
+        try:
+            await queue.enqueue(_messages(queue, range(10)))
+            run, replies_lost = queue._run, []
+
+            async def reply_lost_once(script: str, args: Any) -> Any:
+                result = await run(script, args)
+                if script == "claim" and not replies_lost:
+                    replies_lost.append(result)
+                    raise redis.exceptions.ConnectionError("Connection closed by server.")
+                return result
+
+            queue._run = reply_lost_once
+            jobs = await queue.claim(4, max_attempts=1)
+            assert replies_lost, "the claim never reached the server"
+            assert [job.id for job in jobs] == [0, 1, 2, 3]
+            assert [job.attempts for job in jobs] == [1, 1, 1, 1]  # one delivery each, not two
+            assert await queue.ack(jobs) == 4  # the leases handed over are the ones the server holds
+            again = await queue.claim(10, max_attempts=1)
+            assert [job.id for job in again] == list(range(4, 10))  # a new claim claims anew
+            await queue.ack(again)
+            stats = await queue.stats()
+            assert (stats.done, stats.pending, stats.in_flight, stats.dead) == (10, 0, 0, 0)
+        finally:
+            await queue.close()
+        async for client in _raw():  # a closed handle's record of its last claim goes with it
+            assert await client.hlen(queue.keys[KEYS.index("claims")]) == 0
+
+    asyncio.run(main())
+
+
+def test_a_storm_of_dropped_connections_strands_no_claimed_job(tmp_path: Path) -> None:
+    # For a few seconds every connection to the server is killed as fast as a client can ask:
+    # some kills land between a claim's run on the server and its reply (Redis writes
+    # replies out once it has handled every command it read together, so a kill read with
+    # the claim drops the reply).  The lease is long: a job left leased to no one would
+    # still be held when the deadline comes, well after the storm.
+    server = PrivateRedis(tmp_path / "redis", "--appendonly", "no").start()
+    jobs, url = 20_000, f"{server.url}?name=storm"
+
+    async def main() -> tuple[int, int, int, Any]:
+        producer = open_queue(url)
+        await producer.enqueue(_messages(producer, range(jobs)))
+        await producer.close()
+        seen: collections.Counter[int] = collections.Counter()
+
+        async def process(batch: list[Job[Any]]) -> list[Any]:
+            seen.update(job.id for job in batch)
+            return [None] * len(batch)
+
+        kills, calm, give_up = 0, time.monotonic() + 6, time.monotonic() + 30
+        kill_all = ("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        async for admin in _raw(server.url):
+            async with AsyncMicroBatching(open_queue(url, lease=60.0), process, batch_size=50):
+                while len(seen) < jobs and time.monotonic() < give_up:
+                    if time.monotonic() < calm:
+                        kills += await admin.execute_command(*kill_all)
+                    await asyncio.sleep(0.002)
+        return kills, len(seen), sum(seen.values()) - len(seen), await producer_stats(url)
+
+    try:
+        kills, ran, duplicates, stats = asyncio.run(main())
+    finally:
+        server.stop()
+    print(f"\n{jobs} jobs, {kills} connections killed: ran {ran}, duplicates {duplicates}, "
+          f"done {stats.done}, in flight {stats.in_flight}, dead {stats.dead}")  # fmt: skip
+    assert kills >= 20
+    assert (ran, duplicates) == (jobs, 0)
+    assert (stats.done, stats.pending, stats.in_flight, stats.dead) == (jobs, 0, 0, 0)
+
+
+def test_a_repeated_claim_leaves_out_the_jobs_taken_over_since_its_reply_was_lost(url: str) -> None:
+    async def main() -> None:
+        queue: Any = open_queue(url, lease=0.2)
+        other: Any = open_queue(url, lease=30.0)
+        try:
+            await queue.enqueue(_messages(queue, range(10)))
+            run, taken_over = queue._run, []
+
+            async def taken_over_before_the_retry(script: str, args: Any) -> Any:
+                result = await run(script, args)
+                if script == "claim" and not taken_over:
+                    await asyncio.sleep(0.3)  # the lease runs out and another worker takes the jobs
+                    taken_over.extend(await other.claim(4, max_attempts=3))
+                    raise redis.exceptions.ConnectionError("Connection closed by server.")
+                return result
+
+            queue._run = taken_over_before_the_retry
+            jobs = await queue.claim(4, max_attempts=3)
+            assert [job.id for job in taken_over] == [0, 1, 2, 3]
+            assert [job.attempts for job in taken_over] == [2, 2, 2, 2]  # their lease ran out once
+            assert [job.id for job in jobs] == [4, 5, 6, 7]  # claimed anew, none held twice
+            assert await other.ack(taken_over) == len(taken_over)
+            assert await queue.ack(jobs) == len(jobs)
+        finally:
+            await queue.close()
+            await other.close()
+
+    asyncio.run(main())
 
 
 async def producer_stats(queue_url: str) -> Any:

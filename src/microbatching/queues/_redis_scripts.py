@@ -4,7 +4,7 @@ Every operation that must check who holds a job, or must move a job between two 
 is one script, so Redis runs it atomically: nothing can happen between the check and the
 change, and a crash (of a worker, or of the connection) leaves either all of it or none.
 
-Every script gets the queue's eight keys, in the order of :data:`KEYS` (one hash tag per
+Every script gets the queue's nine keys, in the order of :data:`KEYS` (one hash tag per
 queue, so they live in one Cluster slot):
 
 - ``stream``: ready and claimed jobs, one entry each, fields ``k`` (the message key),
@@ -21,6 +21,9 @@ queue, so they live in one Cluster slot):
 - ``dead``: stream of dead letters (fields ``k i p a`` as above, ``e`` the error, ``t``
   its traceback when there is one, ``f`` when it failed in ms).
 - ``done``: counter of acknowledged jobs; ``meta``: hash (``serializer``, ``version``).
+- ``claims``: hash, consumer -> its last claim (MessagePack of the claim's id and the
+  entry ids and delivery counts it handed over), so a claim repeated after its reply was
+  lost gets the same jobs again.  A consumer's field goes when the consumer does.
 
 A lease's token is the pair (consumer, delivery count) of the claim: every claim of an
 entry raises its delivery count, so a settle names the claim it was given and a script
@@ -37,10 +40,11 @@ GROUP = "workers"
 #: The layout version recorded in ``meta``.
 VERSION = "1"
 #: The key suffixes, in the order every script receives them.
-KEYS = ("stream", "leases", "jobs", "delayed", "parked", "dead", "done", "meta")
+KEYS = ("stream", "leases", "jobs", "delayed", "parked", "dead", "done", "meta", "claims")
 
 _PRELUDE = """
-local S, L, J, D, H, X, C, M = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local S, L, J, D, H, X = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local C, M, R = KEYS[7], KEYS[8], KEYS[9]
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -87,6 +91,12 @@ local function bury(f, attempts, err, trace, now)
   local args = {'XADD', X, '*', 'k', f.k, 'i', f.i, 'p', f.p, 'a', attempts, 'e', err, 'f', now}
   if trace ~= false then args[#args + 1] = 't'; args[#args + 1] = trace end
   redis.call(unpack(args))
+end
+
+-- Removes a consumer from the group, with its record of its last claim.
+local function forget(group, consumer)
+  redis.call('XGROUP', 'DELCONSUMER', S, group, consumer)
+  redis.call('HDEL', R, consumer)
 end
 
 local function park(key, id, payload, attempts, recovered, due)
@@ -136,13 +146,34 @@ return stored
 
 # ARGV: group, consumer, limit, lease_ms, max_attempts (0: none), the dead-letter error of
 # a job whose last lease ran out (a format with %d for its attempts), sweep ('1': delete
-# consumers idle 10 minutes holding nothing).
+# consumers idle 10 minutes holding nothing), the claim's id (the same when a claim is
+# repeated because its reply was lost).
 # Returns {rows, last stream id, ms until the next delayed job or lease is due (-1: none)};
 # a row is {entry id, delivery count, key, id, payload, attempts before, recovered before}.
 _CLAIM = """
 local group, me, limit, lease = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local max_attempts, lost = tonumber(ARGV[5]), ARGV[6]
+local max_attempts, lost, claim_id = tonumber(ARGV[5]), ARGV[6], ARGV[8]
 local now = now_ms()
+
+-- This claim ran before and its reply never arrived (the connection dropped): the same
+-- jobs again, at a fresh lease, rather than leave them leased to no one until the lease
+-- runs out and spend an attempt of theirs.  Those taken over since are left out.
+local last = redis.call('HGET', R, me)
+if last then
+  local record, again = cmsgpack.unpack(last), {}
+  if record[1] == claim_id then
+    for n = 2, #record, 2 do
+      local id, deliveries = record[n], record[n + 1]
+      local entry = held(group, id, me, deliveries) and redis.call('XRANGE', S, id, id)[1]
+      if entry then
+        local f = fields(entry[2])
+        redis.call('ZADD', L, now + lease, id)
+        again[#again + 1] = {id, deliveries, f.k, f.i, f.p, count(f.a), count(f.r)}
+      end
+    end
+    if #again > 0 then return {again, false, -1} end
+  end
+end
 
 -- Delayed jobs that are due go back into the stream, their counts kept.
 for _, key in ipairs(redis.call('ZRANGEBYSCORE', D, '-inf', now, 'LIMIT', 0, 1000)) do
@@ -178,7 +209,7 @@ end
 -- A consumer left holding nothing (its jobs were taken over) is removed from the group.
 for owner in pairs(owners) do
   if owner ~= me and #redis.call('XPENDING', S, group, '-', '+', 1, owner) == 0 then
-    redis.call('XGROUP', 'DELCONSUMER', S, group, owner)
+    forget(group, owner)
   end
 end
 
@@ -195,13 +226,21 @@ if #out < limit then
     slices(deadlines, function(...) redis.call('ZADD', L, ...) end)
   end
 end
-if #out > 0 then return {out, false, -1} end
+if #out > 0 then
+  local record = {claim_id}
+  for _, row in ipairs(out) do
+    record[#record + 1] = row[1]
+    record[#record + 1] = row[2]
+  end
+  redis.call('HSET', R, me, cmsgpack.pack(record))
+  return {out, false, -1}
+end
 
 if ARGV[7] == '1' then
   for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', S, group)) do
     local info = fields(c)
     if info.name ~= me and info.pending == 0 and info.idle > 600000 then
-      redis.call('XGROUP', 'DELCONSUMER', S, group, info.name)
+      forget(group, info.name)
     end
   end
 end
@@ -363,6 +402,7 @@ local pending = redis.pcall('XPENDING', S, ARGV[1], '-', '+', 1, ARGV[2])
 if type(pending) == 'table' and not pending.err and #pending == 0 then
   redis.pcall('XGROUP', 'DELCONSUMER', S, ARGV[1], ARGV[2])
 end
+redis.call('HDEL', R, ARGV[2])  -- a closed handle repeats no claim
 return 0
 """
 

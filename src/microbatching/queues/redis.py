@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import os
@@ -115,6 +116,7 @@ class RedisQueue(ClaimQueue):
         self._ready = False
         self._down_since: float | None = None
         self._last_sweep = time.monotonic()
+        self._claim_ids = itertools.count(1)
 
     def __repr__(self) -> str:
         return f"<RedisQueue {redact(self.url)!r} name={self.name!r}>"
@@ -241,7 +243,9 @@ class RedisQueue(ClaimQueue):
         deadline = time.monotonic() + wait
         while True:
             sweep = self._sweep_due()
-            args = (GROUP, self._consumer, limit, _ms(lease), max_attempts or 0, _WORKER_LOST, sweep)
+            # One id per script call: a call repeated after a dropped connection keeps it.
+            attempts, claim_id = max_attempts or 0, next(self._claim_ids)
+            args = (GROUP, self._consumer, limit, _ms(lease), attempts, _WORKER_LOST, sweep, claim_id)
             rows, last_id, next_due = await self._script("claim", args)
             left = deadline - time.monotonic()
             if rows or left <= 0:
