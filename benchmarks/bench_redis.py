@@ -116,9 +116,11 @@ async def _raw_enqueue(client: Any, enqueue: Any, keys: list[str], n: int) -> No
 async def _raw_drain(client: Any, scripts: dict[str, Any], keys: list[str], n: int, lost: str) -> int:
     from microbatching.queues._redis_scripts import GROUP
 
-    consumer, ok = f"raw-{os.getpid()}", 0
+    consumer, ok, claims = f"raw-{os.getpid()}", 0, 0
     while ok < n:
-        rows, last_id, _ = await scripts["claim"](keys, [GROUP, consumer, BATCH_SIZE, 30_000, 1, lost, "0"])
+        claims += 1  # each claim's id, as the queue gives it
+        args = [GROUP, consumer, BATCH_SIZE, 30_000, 1, lost, "0", claims]
+        rows, last_id, _ = await scripts["claim"](keys, args)
         if not rows:
             await client.xread({keys[0]: last_id}, count=1, block=100)
             continue

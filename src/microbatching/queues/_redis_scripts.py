@@ -21,9 +21,9 @@ queue, so they live in one Cluster slot):
 - ``dead``: stream of dead letters (fields ``k i p a`` as above, ``e`` the error, ``t``
   its traceback when there is one, ``f`` when it failed in ms).
 - ``done``: counter of acknowledged jobs; ``meta``: hash (``serializer``, ``version``).
-- ``claims``: hash, consumer -> its last claim (MessagePack of the claim's id and the
-  entry ids and delivery counts it handed over), so a claim repeated after its reply was
-  lost gets the same jobs again.  A consumer's field goes when the consumer does.
+- ``claims``: hash, consumer -> its last claim (the claim's id, then the entry ids it
+  handed over, separated by spaces), so a claim repeated after its reply was lost gets
+  the same jobs again.  A consumer's field goes when the consumer does.
 
 A lease's token is the pair (consumer, delivery count) of the claim: every claim of an
 entry raises its delivery count, so a settle names the claim it was given and a script
@@ -159,20 +159,18 @@ local now = now_ms()
 -- jobs again, at a fresh lease, rather than leave them leased to no one until the lease
 -- runs out and spend an attempt of theirs.  Those taken over since are left out.
 local last = redis.call('HGET', R, me)
-if last then
-  local record, again = cmsgpack.unpack(last), {}
-  if record[1] == claim_id then
-    for n = 2, #record, 2 do
-      local id, deliveries = record[n], record[n + 1]
-      local entry = held(group, id, me, deliveries) and redis.call('XRANGE', S, id, id)[1]
-      if entry then
-        local f = fields(entry[2])
-        redis.call('ZADD', L, now + lease, id)
-        again[#again + 1] = {id, deliveries, f.k, f.i, f.p, count(f.a), count(f.r)}
-      end
+if last and string.sub(last, 1, #claim_id + 1) == claim_id .. ' ' then
+  local again = {}
+  for id in string.gmatch(string.sub(last, #claim_id + 2), '%S+') do
+    local p = redis.call('XPENDING', S, group, id, id, 1)[1]
+    local entry = p and p[2] == me and redis.call('XRANGE', S, id, id)[1]
+    if entry then
+      local f = fields(entry[2])
+      redis.call('ZADD', L, now + lease, id)
+      again[#again + 1] = {id, p[4], f.k, f.i, f.p, count(f.a), count(f.r)}
     end
-    if #again > 0 then return {again, false, -1} end
   end
+  if #again > 0 then return {again, false, -1} end
 end
 
 -- Delayed jobs that are due go back into the stream, their counts kept.
@@ -228,11 +226,8 @@ if #out < limit then
 end
 if #out > 0 then
   local record = {claim_id}
-  for _, row in ipairs(out) do
-    record[#record + 1] = row[1]
-    record[#record + 1] = row[2]
-  end
-  redis.call('HSET', R, me, cmsgpack.pack(record))
+  for _, row in ipairs(out) do record[#record + 1] = row[1] end
+  redis.call('HSET', R, me, table.concat(record, ' '))
   return {out, false, -1}
 end
 
