@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -619,7 +619,7 @@ def test_a_claim_whose_reply_was_lost_gets_the_same_jobs_when_it_is_repeated(url
 
 
 def test_a_storm_of_dropped_connections_strands_no_claimed_job(tmp_path: Path) -> None:
-    # The worker's connection is killed 100 times, each time once it has got some work done
+    # 100 of the worker's connections are killed, each kill once it has got some work done
     # since the last (so a kill lands on a connection at work, not on one reconnecting): some
     # claims run on the server and their reply never reaches the client.  The lease is long,
     # so a job left leased to no one would still be held at the deadline.
@@ -663,34 +663,86 @@ def test_a_storm_of_dropped_connections_strands_no_claimed_job(tmp_path: Path) -
     assert (stats.done, stats.pending, stats.in_flight, stats.dead) == (jobs, 0, 0, 0)
 
 
+def _reply_lost_once(queue: Any, before_the_repeat: Callable[[], Awaitable[None]]) -> None:
+    """The first claim that takes jobs runs on the server, then its reply is lost (a connection error)."""
+    run, lost = queue._run, []
+
+    async def claim_reply_lost(script: str, args: Any) -> Any:
+        result = await run(script, args)
+        if script == "claim" and result[0] and not lost:
+            lost.append(result)
+            await before_the_repeat()
+            raise redis.exceptions.ConnectionError("Connection closed by server.")
+        return result
+
+    queue._run = claim_reply_lost
+
+
 def test_a_repeated_claim_leaves_out_the_jobs_taken_over_since_its_reply_was_lost(url: str) -> None:
     async def main() -> None:
-        queue: Any = open_queue(url, lease=0.2)
+        queue: Any = open_queue(url, lease=30.0)
         other: Any = open_queue(url, lease=30.0)
         try:
             await queue.enqueue(_messages(queue, range(10)))
-            run, taken_over = queue._run, []
+            held = await queue.claim(1)  # job 0, so this consumer stays in the group throughout
+            taken_over: list[Any] = []
 
-            async def taken_over_before_the_retry(script: str, args: Any) -> Any:
-                result = await run(script, args)
-                if script == "claim" and not taken_over:
-                    await asyncio.sleep(0.3)  # the lease runs out and another worker takes the jobs
-                    taken_over.extend(await other.claim(4, max_attempts=3))
-                    raise redis.exceptions.ConnectionError("Connection closed by server.")
-                return result
+            async def two_taken_over() -> None:
+                await asyncio.sleep(0.3)  # the 0.2 s leases run out; another worker takes two
+                taken_over.extend(await other.claim(2, max_attempts=3))
 
-            queue._run = taken_over_before_the_retry
-            jobs = await queue.claim(4, max_attempts=3)
-            assert [job.id for job in taken_over] == [0, 1, 2, 3]
-            assert [job.attempts for job in taken_over] == [2, 2, 2, 2]  # their lease ran out once
-            assert [job.id for job in jobs] == [4, 5, 6, 7]  # claimed anew, none held twice
-            assert await other.ack(taken_over) == len(taken_over)
-            assert await queue.ack(jobs) == len(jobs)
+            _reply_lost_once(queue, two_taken_over)
+            jobs = await queue.claim(4, 0.2, max_attempts=3)  # jobs 1-4, the reply lost
+            assert [job.id for job in taken_over] == [1, 2]
+            assert [job.attempts for job in taken_over] == [2, 2]  # their lease ran out once
+            assert [job.id for job in jobs] == [3, 4]  # the rest of the lost claim, none held twice
+            assert [job.attempts for job in jobs] == [1, 1]
+            assert await queue.ack(held + jobs) == 3
+            assert await other.ack(taken_over) == 2
         finally:
             await queue.close()
             await other.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_handle_copied_into_a_forked_child_does_not_repeat_the_parents_claims(url: str) -> None:
+    # Made before the fork and first used after it (a module-level handle in a pre-forking
+    # server): parent and child are the same consumer, and the child's first claim must not
+    # pass for a repeat of the parent's.
+    queue: Any = open_queue(url, lease=30.0)
+
+    async def claim(n: int) -> list[int]:
+        return [job.id for job in await queue.claim(n)]
+
+    async def setup() -> None:
+        producer = open_queue(url)
+        try:
+            await producer.enqueue(_messages(producer, range(10)))
+        finally:
+            await producer.close()
+
+    asyncio.run(setup())
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: claim, report, leave at once (no clean-up of the parent's)
+        try:
+            os.write(write, json.dumps(asyncio.run(claim(5))).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = json.loads(os.read(read, 10_000))
+    os.close(read)
+
+    async def parent() -> list[int]:
+        try:
+            return await claim(5)
+        finally:
+            await queue.close()
+
+    assert sorted(child + asyncio.run(parent())) == list(range(10))
 
 
 async def producer_stats(queue_url: str) -> Any:

@@ -21,9 +21,10 @@ queue, so they live in one Cluster slot):
 - ``dead``: stream of dead letters (fields ``k i p a`` as above, ``e`` the error, ``t``
   its traceback when there is one, ``f`` when it failed in ms).
 - ``done``: counter of acknowledged jobs; ``meta``: hash (``serializer``, ``version``).
-- ``claims``: hash, consumer -> its last claim (the claim's id, then the entry ids it
-  handed over, separated by spaces), so a claim repeated after its reply was lost gets
-  the same jobs again.  A consumer's field goes when the consumer does.
+- ``claims``: hash, consumer -> its last claim that took jobs (the claim's id, then the
+  entry ids it handed over, separated by spaces), so a claim repeated after its reply was
+  lost gets the same jobs again.  These scripts delete a consumer's field when they
+  remove the consumer from the group.
 
 A lease's token is the pair (consumer, delivery count) of the claim: every claim of an
 entry raises its delivery count, so a settle names the claim it was given and a script

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
 import os
@@ -116,7 +115,6 @@ class RedisQueue(ClaimQueue):
         self._ready = False
         self._down_since: float | None = None
         self._last_sweep = time.monotonic()
-        self._claim_ids = itertools.count(1)
 
     def __repr__(self) -> str:
         return f"<RedisQueue {redact(self.url)!r} name={self.name!r}>"
@@ -243,8 +241,10 @@ class RedisQueue(ClaimQueue):
         deadline = time.monotonic() + wait
         while True:
             sweep = self._sweep_due()
-            # One id per script call: a call repeated after a dropped connection keeps it.
-            attempts, claim_id = max_attempts or 0, next(self._claim_ids)
+            # One id per script call, kept when the call is repeated after a dropped connection;
+            # random, not counted, so a handle copied into a forked child repeats none of the
+            # parent's claims (both would be the same consumer).
+            attempts, claim_id = max_attempts or 0, secrets.token_hex(8)
             args = (GROUP, self._consumer, limit, _ms(lease), attempts, _WORKER_LOST, sweep, claim_id)
             rows, last_id, next_due = await self._script("claim", args)
             left = deadline - time.monotonic()
