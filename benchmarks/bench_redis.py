@@ -118,7 +118,7 @@ async def _raw_drain(client: Any, scripts: dict[str, Any], keys: list[str], n: i
 
     consumer, ok, claims = f"raw-{os.getpid()}", 0, 0
     while ok < n:
-        claims += 1  # each claim's id, as the queue gives it
+        claims += 1  # each claim carries an id, as the queue's do (one consumer here: a count will do)
         args = [GROUP, consumer, BATCH_SIZE, 30_000, 1, lost, "0", claims]
         rows, last_id, _ = await scripts["claim"](keys, args)
         if not rows:

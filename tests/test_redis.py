@@ -582,6 +582,24 @@ def test_dropped_connections_mid_run_lose_nothing_and_ack_nothing_twice(
     assert 1 <= len(lost_lines) <= kills  # once per outage, never per job
 
 
+def _reply_lost_once(queue: Any, before_the_repeat: Callable[[], Awaitable[None]] | None = None) -> list[Any]:
+    """The first claim that takes jobs runs on the server, then its reply is lost (a connection
+    error); returns the list that gets that reply, so a test can check the claim reached the server."""
+    run, lost = queue._run, []
+
+    async def claim_reply_lost(script: str, args: Any) -> Any:
+        result = await run(script, args)
+        if script == "claim" and result[0] and not lost:
+            lost.append(result)
+            if before_the_repeat is not None:
+                await before_the_repeat()
+            raise redis.exceptions.ConnectionError("Connection closed by server.")
+        return result
+
+    queue._run = claim_reply_lost
+    return lost
+
+
 def test_a_claim_whose_reply_was_lost_gets_the_same_jobs_when_it_is_repeated(url: str) -> None:
     # The server ran the claim and the connection dropped before its reply came back: the
     # repeated claim must hand over those jobs (not lease them to nobody until the lease
@@ -590,16 +608,7 @@ def test_a_claim_whose_reply_was_lost_gets_the_same_jobs_when_it_is_repeated(url
         queue: Any = open_queue(url, lease=30.0)
         try:
             await queue.enqueue(_messages(queue, range(10)))
-            run, replies_lost = queue._run, []
-
-            async def reply_lost_once(script: str, args: Any) -> Any:
-                result = await run(script, args)
-                if script == "claim" and not replies_lost:
-                    replies_lost.append(result)
-                    raise redis.exceptions.ConnectionError("Connection closed by server.")
-                return result
-
-            queue._run = reply_lost_once
+            replies_lost = _reply_lost_once(queue)
             jobs = await queue.claim(4, max_attempts=1)
             assert replies_lost, "the claim never reached the server"
             assert [job.id for job in jobs] == [0, 1, 2, 3]
@@ -661,21 +670,6 @@ def test_a_storm_of_dropped_connections_strands_no_claimed_job(tmp_path: Path) -
     assert kills >= 50
     assert (ran, duplicates) == (jobs, 0)
     assert (stats.done, stats.pending, stats.in_flight, stats.dead) == (jobs, 0, 0, 0)
-
-
-def _reply_lost_once(queue: Any, before_the_repeat: Callable[[], Awaitable[None]]) -> None:
-    """The first claim that takes jobs runs on the server, then its reply is lost (a connection error)."""
-    run, lost = queue._run, []
-
-    async def claim_reply_lost(script: str, args: Any) -> Any:
-        result = await run(script, args)
-        if script == "claim" and result[0] and not lost:
-            lost.append(result)
-            await before_the_repeat()
-            raise redis.exceptions.ConnectionError("Connection closed by server.")
-        return result
-
-    queue._run = claim_reply_lost
 
 
 def test_a_repeated_claim_leaves_out_the_jobs_taken_over_since_its_reply_was_lost(url: str) -> None:

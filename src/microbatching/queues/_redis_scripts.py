@@ -156,6 +156,11 @@ local group, me, limit, lease = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(AR
 local max_attempts, lost, claim_id = tonumber(ARGV[5]), ARGV[6], ARGV[8]
 local now = now_ms()
 
+-- A row of the reply: an entry handed over at this delivery count, with its fields.
+local function row(id, deliveries, f)
+  return {id, deliveries, f.k, f.i, f.p, count(f.a), count(f.r)}
+end
+
 -- This claim ran before and its reply never arrived (the connection dropped): the same
 -- jobs again, at a fresh lease, rather than leave them leased to no one until the lease
 -- runs out and spend an attempt of theirs.  Those taken over since are left out.
@@ -166,9 +171,8 @@ if last and string.sub(last, 1, #claim_id + 1) == claim_id .. ' ' then
     local p = redis.call('XPENDING', S, group, id, id, 1)[1]
     local entry = p and p[2] == me and redis.call('XRANGE', S, id, id)[1]
     if entry then
-      local f = fields(entry[2])
       redis.call('ZADD', L, now + lease, id)
-      again[#again + 1] = {id, p[4], f.k, f.i, f.p, count(f.a), count(f.r)}
+      again[#again + 1] = row(id, p[4], fields(entry[2]))
     end
   end
   if #again > 0 then return {again, false, -1} end
@@ -201,7 +205,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', L, '-inf', now, 'LIMIT', 0, limi
       bury(f, attempts, string.format(lost, attempts), false, now)
     else
       redis.call('ZADD', L, now + lease, id)
-      out[#out + 1] = {id, p[4] + 1, f.k, f.i, f.p, count(f.a), count(f.r)}
+      out[#out + 1] = row(id, p[4] + 1, f)
     end
   end
 end
@@ -217,17 +221,16 @@ if #out < limit then
   if read then
     local deadlines = {}
     for _, entry in ipairs(read[1][2]) do
-      local f = fields(entry[2])
       deadlines[#deadlines + 1] = now + lease
       deadlines[#deadlines + 1] = entry[1]
-      out[#out + 1] = {entry[1], 1, f.k, f.i, f.p, count(f.a), count(f.r)}
+      out[#out + 1] = row(entry[1], 1, fields(entry[2]))
     end
     slices(deadlines, function(...) redis.call('ZADD', L, ...) end)
   end
 end
 if #out > 0 then
   local record = {claim_id}
-  for _, row in ipairs(out) do record[#record + 1] = row[1] end
+  for _, handed in ipairs(out) do record[#record + 1] = handed[1] end
   redis.call('HSET', R, me, table.concat(record, ' '))
   return {out, false, -1}
 end
